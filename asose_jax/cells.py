@@ -1,0 +1,172 @@
+"""Cells: the mixed op of the search space, the search cell, and the fixed (derived) cell."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from asose_jax.genotype import Genotype
+from asose_jax.ops import FactorizedReduce, ReLUConvBN, make_op
+
+
+class MixedOp(nn.Module):
+    """sum_k w_k * op_k(x) over the candidate ops of one edge.
+
+    single_path=True evaluates only op argmax(w) (GDAS-style) through `nn.switch` and scales it by
+    w[argmax]: with straight-through one-hot weights the value is op(x) and the gradient reaches
+    the logits. Under vmap the switch becomes a select that evaluates every branch.
+    """
+
+    C: int
+    stride: int
+    primitives: Sequence[str]
+    depthwise_impl: str = 'conv'
+
+    def setup(self):
+        self.ops = [make_op(p, self.C, self.stride, affine=False, search=True,
+                            depthwise_impl=self.depthwise_impl, name=p) for p in self.primitives]
+
+    def __call__(self, x, w, train: bool, single_path: bool = False):
+        if not single_path:
+            return sum(w[k] * op(x, train) for k, op in enumerate(self.ops))
+        branches = [lambda mdl, x, k=k: mdl.ops[k](x, train) for k in range(len(self.ops))]
+        if self.is_initializing():
+            for branch in branches:  # create every op's variables
+                branch(self, x)
+        idx = jnp.argmax(w)
+        return nn.switch(idx, branches, self, x) * w[idx]
+
+
+def cell_inputs(C: int, reduction_prev: bool, affine: bool):
+    """Preprocessing of (c_{k-2}, c_{k-1}) to C channels; FactorizedReduce when c_{k-2} is larger."""
+    pre0 = (FactorizedReduce(C, affine=affine, name='pre0') if reduction_prev
+            else ReLUConvBN(C, 1, 1, 0, affine=affine, name='pre0'))
+    return pre0, ReLUConvBN(C, 1, 1, 0, affine=affine, name='pre1')
+
+
+def edge_index(node: int, src: int) -> int:
+    """DARTS edge numbering: node i's edges from states 0..i+1 follow those of nodes < i."""
+    return sum(2 + t for t in range(node)) + src
+
+
+def input_edges(steps: int) -> tuple[tuple[int, int, int], ...]:
+    """(darts_index, src, node) of the edges that read the cell inputs (src 0 or 1)."""
+    return tuple((edge_index(i, j), j, i) for i in range(steps) for j in (0, 1))
+
+
+def node_edges(steps: int) -> tuple[tuple[int, int, int], ...]:
+    """(darts_index, src_node, dst_node) of the edges between intermediate nodes, in an order
+    where every node is complete before an edge reads it."""
+    return tuple((edge_index(i, 2 + k), k, i) for i in range(steps) for k in range(i))
+
+
+class _InputEdge(nn.Module):
+    """One edge reading a cell input; scanned over the 2*steps input edges (params stacked)."""
+
+    C: int
+    stride: int
+    primitives: Sequence[str]
+    depthwise_impl: str
+    train: bool
+    single_path: bool
+
+    @nn.compact
+    def __call__(self, carry, inputs, w, src):
+        op = MixedOp(self.C, self.stride, self.primitives, self.depthwise_impl, name='mixed')
+        return carry, op(inputs[src], w, self.train, self.single_path)
+
+
+class _NodeEdge(nn.Module):
+    """One edge between intermediate nodes; the carry holds the node sums being accumulated."""
+
+    C: int
+    primitives: Sequence[str]
+    depthwise_impl: str
+    train: bool
+    single_path: bool
+
+    @nn.compact
+    def __call__(self, nodes, w, src, dst):
+        op = MixedOp(self.C, 1, self.primitives, self.depthwise_impl, name='mixed')
+        return nodes.at[dst].add(op(nodes[src], w, self.train, self.single_path)), None
+
+
+def _scan(module_cls, length: int, in_axes):
+    return nn.scan(module_cls, variable_axes={'params': 0, 'batch_stats': 0},
+                   split_rngs={'params': True}, in_axes=in_axes, length=length)
+
+
+class SearchCell(nn.Module):
+    """A DARTS search cell: `steps` nodes, each the sum of mixed ops over all earlier states.
+
+    The 14 edges are evaluated by two `nn.scan`s (input edges, then node-to-node edges), so the
+    compiled program holds two mixed-op bodies per cell instead of fourteen: compile time on CPU
+    drops several-fold. Edge params are stacked in the order of `input_edges` / `node_edges`.
+    """
+
+    C: int
+    reduction: bool
+    reduction_prev: bool
+    primitives: Sequence[str]
+    steps: int = 4
+    multiplier: int = 4
+    depthwise_impl: str = 'conv'
+
+    @nn.compact
+    def __call__(self, s0, s1, weights, train: bool, single_path: bool = False):
+        pre0, pre1 = cell_inputs(self.C, self.reduction_prev, affine=False)
+        inputs = jnp.stack([pre0(s0, train), pre1(s1, train)])
+        prims = tuple(self.primitives)
+        in_idx, in_src, in_dst = map(jnp.array, zip(*input_edges(self.steps)))
+        in_scan = _scan(_InputEdge, len(in_idx), (nn.broadcast, 0, 0))(
+            self.C, 2 if self.reduction else 1, prims, self.depthwise_impl, train, single_path,
+            name='input_edges')
+        _, outs = in_scan(None, inputs, weights[in_idx], in_src)
+        nodes = jax.ops.segment_sum(outs, in_dst, num_segments=self.steps, indices_are_sorted=True)
+        if self.steps > 1:
+            nd_idx, nd_src, nd_dst = map(jnp.array, zip(*node_edges(self.steps)))
+            nd_scan = _scan(_NodeEdge, len(nd_idx), (0, 0, 0))(
+                self.C, prims, self.depthwise_impl, train, single_path, name='node_edges')
+            nodes, _ = nd_scan(nodes, weights[nd_idx], nd_src, nd_dst)
+        return jnp.concatenate(list(nodes[self.steps - self.multiplier:]), axis=-1)
+
+
+def drop_path(module: nn.Module, x, rate: float, train: bool):
+    """Zeroes whole samples with probability `rate` and rescales the rest (DARTS drop-path)."""
+    if not train or rate <= 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (x.shape[0], 1, 1, 1))
+    return x * mask.astype(x.dtype) / keep
+
+
+class FixedCell(nn.Module):
+    """A derived cell: each node sums two chosen ops (affine BN, no BN after pools, as DARTS eval)."""
+
+    genotype: Genotype
+    C: int
+    reduction: bool
+    reduction_prev: bool
+    drop_path_rate: float = 0.0
+    depthwise_impl: str = 'conv'
+
+    @nn.compact
+    def __call__(self, s0, s1, train: bool):
+        g = self.genotype
+        edges, concat = (g.reduce, g.reduce_concat) if self.reduction else (g.normal, g.normal_concat)
+        pre0, pre1 = cell_inputs(self.C, self.reduction_prev, affine=True)
+        states = [pre0(s0, train), pre1(s1, train)]
+        for i in range(len(edges) // 2):
+            s = 0
+            for e in (2 * i, 2 * i + 1):
+                op_name, j = edges[e]
+                stride = 2 if self.reduction and j < 2 else 1
+                h = make_op(op_name, self.C, stride, affine=True, depthwise_impl=self.depthwise_impl,
+                            name=f'edge{e}_{op_name}')(states[j], train)
+                if not (op_name == 'skip_connect' and stride == 1):
+                    h = drop_path(self, h, self.drop_path_rate, train)
+                s = s + h
+            states.append(s)
+        return jnp.concatenate([states[i] for i in concat], axis=-1)

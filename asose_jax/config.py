@@ -1,0 +1,168 @@
+"""The run configuration: defaults (DARTS search protocol), the smoke variant, up-front validation,
+and the translation into the frozen specs the steps are compiled for."""
+from __future__ import annotations
+
+import ml_collections
+
+from asose_jax.data import DATASETS, SOURCES
+from asose_jax.genotype import PRIMITIVES
+from asose_jax.gumbel import SCHEDULES
+from asose_jax.ops import DEPTHWISE_IMPLS
+from asose_jax.optim import ArchOptConfig, WeightOptConfig
+from asose_jax.spec import NetworkSpec
+from asose_jax.steps import SearchStepConfig
+
+EVAL_MODES = ('softmax', 'argmax')
+
+
+def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(
+        source='tfds',            # one of SOURCES
+        dataset=dataset,
+        dir='',                   # cifar_dir: the python-layout folder; tfds: optional data_dir
+        train_portion=0.5,        # weight half / arch half of the training set
+        split_seed=0,
+        cutout=0,                 # search: no cutout (DARTS); optimize has its own
+        image_size=32,
+        synthetic_train=2048,
+        synthetic_test=512,
+        max_train=0,              # 0 = all
+        max_test=0,
+        eval_batch_size=256,
+    )
+    c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
+                   primitives=list(PRIMITIVES), depthwise_impl='conv')
+    c.search = dict(
+        batch_size=64,
+        warmup_epochs=10,
+        search_epochs=50,
+        arch_every=1,             # one arch step per this many weight steps
+        hard=True,                # straight-through one-hot Gumbel samples
+        single_path=True,         # evaluate only the sampled op (GDAS); needs hard
+        tau_max=10.0,
+        tau_min=0.1,
+        tau_schedule='exponential',
+        unrolled=False,           # second-order arch gradient
+        eval_mode='argmax',
+    )
+    c.weight_optim = dict(lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, grad_clip=5.0)
+    c.arch_optim = dict(lr=3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
+    c.optimize = dict(
+        epochs=50, batch_size=96,
+        C=0, layers=0,            # 0 = the search network's C / layers
+        lr=0.025, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
+        cutout=16, drop_path=0.0, auxiliary=False, aux_weight=0.4,
+    )
+    c.progress = True
+    return c
+
+
+def smoke_overrides(c: ml_collections.ConfigDict) -> None:
+    """A CPU-sized run: a small supernet, few epochs, single-path Gumbel, a small derived net."""
+    c.data.source = 'cifar_dir'
+    c.data.dir = '../shared/data/cifar10-subset'
+    c.data.eval_batch_size = 512
+    c.model.C = 8
+    c.model.layers = 5
+    c.search.batch_size = 64
+    c.search.warmup_epochs = 1
+    c.search.search_epochs = 2
+    c.search.tau_max = 5.0
+    c.search.tau_min = 1.0
+    c.arch_optim.lr = 3e-3
+    c.optimize.epochs = 8
+    c.optimize.batch_size = 64
+    c.optimize.C = 12
+    c.optimize.layers = 5
+    c.optimize.lr = 0.05
+    c.optimize.cutout = 0
+
+
+class ConfigError(ValueError):
+    """A config value out of range; the message names the field and what is allowed."""
+
+
+def _check(ok: bool, field: str, value, allowed: str):
+    if not ok:
+        raise ConfigError(f'config.{field}={value!r} is invalid; allowed: {allowed}')
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks every field the run reads, before any data is loaded or anything compiles."""
+    d, m, s, o = c.data, c.model, c.search, c.optimize
+    _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', c.seed, 'an integer >= 0')
+    _check(d.source in SOURCES, 'data.source', d.source, str(SOURCES))
+    _check(d.dataset in DATASETS, 'data.dataset', d.dataset, str(tuple(DATASETS)))
+    if d.source == 'cifar_dir':
+        _check(bool(d.dir), 'data.dir', d.dir, 'a folder in the official CIFAR python layout')
+    _check(0.0 < d.train_portion < 1.0, 'data.train_portion', d.train_portion, 'a fraction in (0, 1)')
+    _check(d.cutout >= 0, 'data.cutout', d.cutout, 'an integer >= 0 (0 = off)')
+    _check(d.image_size >= 8 and d.image_size % 4 == 0, 'data.image_size', d.image_size,
+           'a multiple of 4, >= 8 (synthetic data only; CIFAR is 32)')
+    for f in ('synthetic_train', 'synthetic_test', 'eval_batch_size'):
+        _check(d[f] >= 1, f'data.{f}', d[f], 'an integer >= 1')
+    for f in ('max_train', 'max_test'):
+        _check(d[f] >= 0, f'data.{f}', d[f], 'an integer >= 0 (0 = all)')
+    _check(m.C >= 1 and m.C % 2 == 0, 'model.C', m.C, 'an even integer >= 2 (FactorizedReduce halves it)')
+    _check(m.layers >= 1, 'model.layers', m.layers, 'an integer >= 1')
+    _check(m.steps >= 1, 'model.steps', m.steps, 'an integer >= 1')
+    _check(1 <= m.multiplier <= m.steps, 'model.multiplier', m.multiplier, f'1..model.steps ({m.steps})')
+    _check(m.stem_multiplier >= 1, 'model.stem_multiplier', m.stem_multiplier, 'an integer >= 1')
+    bad = [p for p in m.primitives if p not in PRIMITIVES]
+    _check(not bad and len(m.primitives) >= 1 and len(set(m.primitives)) == len(m.primitives),
+           'model.primitives', list(m.primitives), f'distinct names from {list(PRIMITIVES)}')
+    _check(any(p != 'none' for p in m.primitives), 'model.primitives', list(m.primitives),
+           "at least one op other than 'none' (derive picks the strongest non-none op)")
+    _check(m.depthwise_impl in DEPTHWISE_IMPLS, 'model.depthwise_impl', m.depthwise_impl, str(DEPTHWISE_IMPLS))
+    _check(s.batch_size >= 1, 'search.batch_size', s.batch_size, 'an integer >= 1')
+    for f in ('warmup_epochs', 'search_epochs'):
+        _check(s[f] >= 0, f'search.{f}', s[f], 'an integer >= 0')
+    _check(s.arch_every >= 1, 'search.arch_every', s.arch_every, 'an integer >= 1')
+    _check(not s.single_path or s.hard, 'search.single_path', s.single_path,
+           'False unless search.hard=True (a soft sample has no single op)')
+    _check(s.tau_max > 0 and s.tau_min > 0, 'search.tau_max/tau_min', (s.tau_max, s.tau_min), 'positive numbers')
+    _check(s.tau_schedule in SCHEDULES, 'search.tau_schedule', s.tau_schedule, str(SCHEDULES))
+    _check(s.eval_mode in EVAL_MODES, 'search.eval_mode', s.eval_mode, str(EVAL_MODES))
+    w, a = c.weight_optim, c.arch_optim
+    _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, 'weight_optim.lr/lr_min', (w.lr, w.lr_min), 'lr > 0, 0 <= lr_min <= lr')
+    _check(0 <= w.momentum < 1, 'weight_optim.momentum', w.momentum, '[0, 1)')
+    _check(w.weight_decay >= 0 and w.grad_clip > 0, 'weight_optim.weight_decay/grad_clip',
+           (w.weight_decay, w.grad_clip), 'weight_decay >= 0, grad_clip > 0')
+    _check(a.lr > 0, 'arch_optim.lr', a.lr, 'a positive number')
+    _check(0 <= a.b1 < 1 and 0 <= a.b2 < 1, 'arch_optim.b1/b2', (a.b1, a.b2), '[0, 1)')
+    _check(a.weight_decay >= 0, 'arch_optim.weight_decay', a.weight_decay, '>= 0')
+    _check(o.epochs >= 0 and o.batch_size >= 1, 'optimize.epochs/batch_size', (o.epochs, o.batch_size),
+           'epochs >= 0, batch_size >= 1')
+    _check(o.C >= 0 and o.C % 2 == 0 and o.layers >= 0, 'optimize.C/layers', (o.C, o.layers),
+           'C even >= 0 and layers >= 0 (0 = the search network\'s)')
+    _check(o.lr > 0 and 0 <= o.lr_min <= o.lr, 'optimize.lr/lr_min', (o.lr, o.lr_min), 'lr > 0, 0 <= lr_min <= lr')
+    _check(0 <= o.drop_path < 1, 'optimize.drop_path', o.drop_path, '[0, 1)')
+    _check(o.cutout >= 0 and o.aux_weight >= 0, 'optimize.cutout/aux_weight', (o.cutout, o.aux_weight), '>= 0')
+
+
+def network_spec(c: ml_collections.ConfigDict) -> NetworkSpec:
+    m = c.model
+    return NetworkSpec.darts(C=m.C, layers=m.layers, num_classes=DATASETS[c.data.dataset], steps=m.steps,
+                             multiplier=m.multiplier, stem_multiplier=m.stem_multiplier,
+                             primitives=tuple(m.primitives))
+
+
+def search_step_config(c: ml_collections.ConfigDict, phase: str, tau_steps: int) -> SearchStepConfig:
+    """Warmup trains weights on uniform edge weights; search samples from the logits."""
+    s = c.search
+    return SearchStepConfig(
+        sampling='uniform' if phase == 'warmup' else 'gumbel', hard=s.hard, single_path=s.single_path,
+        tau_max=s.tau_max, tau_min=s.tau_min, tau_schedule=s.tau_schedule, tau_steps=tau_steps,
+        cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
+        unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl)
+
+
+def weight_opt_config(c: ml_collections.ConfigDict) -> WeightOptConfig:
+    return WeightOptConfig(**c.weight_optim.to_dict())
+
+
+def arch_opt_config(c: ml_collections.ConfigDict) -> ArchOptConfig:
+    return ArchOptConfig(**c.arch_optim.to_dict())
+

@@ -1,0 +1,113 @@
+"""Search and fixed networks; the arch logits are declared here (they are inputs to the model).
+
+The search network takes edge weights (sampled outside, see gumbel.py) rather than owning the
+logits, so sampling, parity and sweeps can all feed it. Variables are laid out as
+`{'params': {'weights': ..., 'arch': {'normal': [E, K], 'reduce': [E, K]}}, 'batch_stats': ...}`.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from asose_jax.cells import FixedCell, SearchCell
+from asose_jax.genotype import Genotype
+from asose_jax.ops import batch_norm, conv
+from asose_jax.spec import NetworkSpec
+
+CELL_TYPES = ('normal', 'reduce')
+
+
+def stem(C: int, x, train: bool):
+    x = conv(C, 3, 1, 1, name='stem_conv')(x)
+    return batch_norm(train, affine=True, name='stem_bn')(x)
+
+
+class SearchNetwork(nn.Module):
+    """Stem, the cells of `spec`, global average pool, linear classifier. Returns logits."""
+
+    spec: NetworkSpec
+    depthwise_impl: str = 'conv'
+
+    @nn.compact
+    def __call__(self, x, edge_weights, train: bool = True, single_path: bool = False):
+        spec = self.spec
+        s0 = s1 = stem(spec.stem_C, x, train)
+        level0 = level1 = 0  # how many reductions each of (c_{k-2}, c_{k-1}) has been through
+        for i, cell in enumerate(spec.cells):
+            out = SearchCell(cell.C, cell.reduction, level0 != level1, spec.primitives, spec.steps,
+                             spec.multiplier, self.depthwise_impl, name=f'cell{i}')(
+                s0, s1, edge_weights['reduce' if cell.reduction else 'normal'], train, single_path)
+            if cell.residual:
+                gate = batch_norm(train, affine=True, name=f'cell{i}_gate', scale_init=nn.initializers.zeros)
+                s1 = s1 + gate(out)
+            else:
+                s0, s1, level0, level1 = s1, out, level1, level1 + int(cell.reduction)
+        return nn.Dense(spec.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
+
+
+class AuxiliaryHead(nn.Module):
+    """DARTS' CIFAR auxiliary head on the 8x8 feature map at 2/3 depth."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.relu(x)
+        x = nn.avg_pool(x, (5, 5), strides=(3, 3), padding='VALID', count_include_pad=False)
+        x = nn.relu(batch_norm(train, True, name='bn1')(conv(128, 1, name='conv1')(x)))
+        x = conv(768, 2, name='conv2')(x)
+        x = nn.relu(batch_norm(train, True, name='bn2')(x))
+        return nn.Dense(self.num_classes, name='classifier')(x.reshape(x.shape[0], -1))
+
+
+class FixedNetwork(nn.Module):
+    """The derived discrete network (DARTS NetworkCIFAR). Returns (logits, aux_logits or None)."""
+
+    genotype: Genotype
+    C: int = 16
+    layers: int = 8
+    num_classes: int = 10
+    stem_multiplier: int = 3
+    auxiliary: bool = False
+    drop_path_rate: float = 0.0
+    depthwise_impl: str = 'conv'
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        s0 = s1 = stem(self.stem_multiplier * self.C, x, train)
+        C, reduction_prev, aux = self.C, False, None
+        for i in range(self.layers):
+            reduction = i in (self.layers // 3, 2 * self.layers // 3)
+            C = C * 2 if reduction else C
+            s0, s1 = s1, FixedCell(self.genotype, C, reduction, reduction_prev, self.drop_path_rate,
+                                   self.depthwise_impl, name=f'cell{i}')(s0, s1, train)
+            reduction_prev = reduction
+            if self.auxiliary and train and i == 2 * self.layers // 3:
+                aux = AuxiliaryHead(self.num_classes, name='aux_head')(s1, train)
+        return nn.Dense(self.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2))), aux
+
+
+def init_arch_logits(spec: NetworkSpec, key) -> dict:
+    """DARTS init: 1e-3 * N(0, 1), one [edges, ops] array per cell type."""
+    keys = jax.random.split(key, len(CELL_TYPES))
+    return {t: 1e-3 * jax.random.normal(k, (spec.num_edges, spec.num_ops)) for t, k in zip(CELL_TYPES, keys)}
+
+
+def uniform_edge_weights(spec: NetworkSpec) -> dict:
+    w = jnp.full((spec.num_edges, spec.num_ops), 1.0 / spec.num_ops)
+    return {t: w for t in CELL_TYPES}
+
+
+def init_search_variables(spec: NetworkSpec, key, image_size: int = 32, depthwise_impl: str = 'conv') -> dict:
+    """Variables of a SearchNetwork in the {'params': {'weights', 'arch'}, 'batch_stats'} layout."""
+    k_net, k_arch = jax.random.split(key)
+    model = SearchNetwork(spec, depthwise_impl)
+    x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, x, uniform_edge_weights(spec), train=False))(k_net)
+    return {'params': {'weights': variables['params'], 'arch': init_arch_logits(spec, k_arch)},
+            'batch_stats': variables.get('batch_stats', {})}
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,199 @@
+"""DARTS primitives as Flax modules (NHWC), with the DARTS padding/BN conventions.
+
+BatchNorm matches PyTorch's BatchNorm2d(momentum=0.1) as Flax momentum=0.9, eps=1e-5 and the
+two-pass variance. Depthwise convolutions have two interchangeable implementations with the same
+parameters: XLA's grouped convolution ('conv') and k*k shifted multiply-adds ('shift'), which XLA
+fuses into one loop and which is much faster on CPU.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DEPTHWISE_IMPLS = ('conv', 'shift')
+
+
+def batch_norm(train: bool, affine: bool, name: str | None = None, scale_init=nn.initializers.ones):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        use_bias=affine, use_scale=affine, use_fast_variance=False,
+                        scale_init=scale_init, name=name)
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+         name: str | None = None) -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((padding, padding), (padding, padding)),
+                   kernel_dilation=(dilation, dilation), use_bias=False, name=name)
+
+
+def _depthwise_shift(x, kernel, stride, padding, dilation):
+    """Depthwise conv as a sum of k*k strided slices times per-channel taps."""
+    k = kernel.shape[0]
+    n, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h_out = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    w_out = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    out = None
+    for i in range(k):
+        for j in range(k):
+            patch = jax.lax.slice(
+                xp, (0, i * dilation, j * dilation, 0),
+                (n, i * dilation + (h_out - 1) * stride + 1, j * dilation + (w_out - 1) * stride + 1, c),
+                (1, stride, stride, 1))
+            term = patch * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nn.Module):
+    """Per-channel k x k convolution; kernel stored HWIO as (k, k, 1, C) like a grouped nn.Conv."""
+
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    impl: str = 'conv'
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        k = self.kernel_size
+        kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
+        kernel = kernel.astype(x.dtype)
+        if self.impl == 'shift':
+            return _depthwise_shift(x, kernel, self.stride, self.padding, self.dilation)
+        if self.impl != 'conv':
+            raise ValueError(f'depthwise impl {self.impl!r}; allowed: {DEPTHWISE_IMPLS}')
+        p = self.padding
+        return jax.lax.conv_general_dilated(
+            x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
+            rhs_dilation=(self.dilation, self.dilation),
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+
+
+class ReLUConvBN(nn.Module):
+    C_out: int
+    kernel_size: int = 1
+    stride: int = 1
+    padding: int = 0
+    affine: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.relu(x)
+        x = conv(self.C_out, self.kernel_size, self.stride, self.padding, name='conv')(x)
+        return batch_norm(train, self.affine, name='bn')(x)
+
+
+class DilConv(nn.Module):
+    """ReLU, depthwise (dilated) conv, pointwise conv, BN."""
+
+    C_out: int
+    kernel_size: int
+    stride: int
+    padding: int
+    dilation: int
+    affine: bool = True
+    depthwise_impl: str = 'conv'
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.relu(x)
+        x = DepthwiseConv(self.kernel_size, self.stride, self.padding, self.dilation,
+                          self.depthwise_impl, name='dw')(x)
+        x = conv(self.C_out, 1, name='pw')(x)
+        return batch_norm(train, self.affine, name='bn')(x)
+
+
+class SepConv(nn.Module):
+    """Two stacked DilConv(dilation=1); only the first one strides (DARTS)."""
+
+    C_out: int
+    kernel_size: int
+    stride: int
+    padding: int
+    affine: bool = True
+    depthwise_impl: str = 'conv'
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        c_in = x.shape[-1]
+        x = DilConv(c_in, self.kernel_size, self.stride, self.padding, 1, self.affine,
+                    self.depthwise_impl, name='op1')(x, train)
+        return DilConv(self.C_out, self.kernel_size, 1, self.padding, 1, self.affine,
+                       self.depthwise_impl, name='op2')(x, train)
+
+
+class Identity(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return x
+
+
+class Zero(nn.Module):
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
+
+
+class FactorizedReduce(nn.Module):
+    """Halves the resolution with two offset 1x1 stride-2 convs, concatenated (C_out must be even)."""
+
+    C_out: int
+    affine: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if self.C_out % 2:
+            raise ValueError(f'FactorizedReduce needs an even channel count, got {self.C_out}')
+        x = nn.relu(x)
+        a = conv(self.C_out // 2, 1, 2, name='conv1')(x)
+        b = conv(self.C_out // 2, 1, 2, name='conv2')(x[:, 1:, 1:, :])
+        return batch_norm(train, self.affine, name='bn')(jnp.concatenate([a, b], axis=-1))
+
+
+class Pool(nn.Module):
+    """3x3 max or average pool, padding 1; average excludes the padding (count_include_pad=False).
+
+    with_bn: the search cells follow pools with a non-affine BN (DARTS MixedOp).
+    """
+
+    kind: str
+    stride: int = 1
+    with_bn: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        pool = nn.max_pool if self.kind == 'max' else functools.partial(nn.avg_pool, count_include_pad=False)
+        x = pool(x, (3, 3), strides=(self.stride, self.stride), padding=((1, 1), (1, 1)))
+        if self.with_bn:
+            x = batch_norm(train, affine=False, name='bn')(x)
+        return x
+
+
+def make_op(primitive: str, C: int, stride: int, affine: bool, *, search: bool = False,
+            depthwise_impl: str = 'conv', name: str | None = None) -> nn.Module:
+    """Builds one DARTS primitive. `search=True` adds the BN after pools as DARTS' MixedOp does."""
+    kw = dict(affine=affine, depthwise_impl=depthwise_impl, name=name)
+    if primitive == 'none':
+        return Zero(stride, name=name)
+    if primitive == 'max_pool_3x3':
+        return Pool('max', stride, with_bn=search, name=name)
+    if primitive == 'avg_pool_3x3':
+        return Pool('avg', stride, with_bn=search, name=name)
+    if primitive == 'skip_connect':
+        return Identity(name=name) if stride == 1 else FactorizedReduce(C, affine, name=name)
+    if primitive == 'sep_conv_3x3':
+        return SepConv(C, 3, stride, 1, **kw)
+    if primitive == 'sep_conv_5x5':
+        return SepConv(C, 5, stride, 2, **kw)
+    if primitive == 'dil_conv_3x3':
+        return DilConv(C, 3, stride, 2, 2, **kw)
+    if primitive == 'dil_conv_5x5':
+        return DilConv(C, 5, stride, 4, 2, **kw)
+    raise ValueError(f'unknown op {primitive!r}')

@@ -1,0 +1,114 @@
+"""Frozen structure description of a search network; the thing growth rewrites and checkpoints store.
+
+The spec is static (hashable) so that jitted steps are compiled once per spec.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Sequence
+
+from asose_jax.genotype import PRIMITIVES, num_edges
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """One cell of the stack.
+
+    C: channels of each intermediate node (the cell outputs multiplier * C).
+    residual: a cell inserted by growth; its output is added to its c_{k-1} input through a
+      zero-initialised BN scale, and it does not shift the (c_{k-2}, c_{k-1}) chain.
+    """
+
+    C: int
+    reduction: bool = False
+    residual: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """A DARTS search network: stem, a stack of cells, global pool, classifier."""
+
+    cells: tuple[CellSpec, ...]
+    stem_C: int
+    num_classes: int = 10
+    steps: int = 4
+    multiplier: int = 4
+    primitives: tuple[str, ...] = PRIMITIVES
+    growth_history: tuple[str, ...] = ()  # JSON strings, one per growth event (hashable)
+
+    def __post_init__(self):
+        object.__setattr__(self, 'cells', tuple(
+            c if isinstance(c, CellSpec) else CellSpec(**c) for c in self.cells))
+        object.__setattr__(self, 'primitives', tuple(self.primitives))
+        object.__setattr__(self, 'growth_history', tuple(self.growth_history))
+        unknown = [p for p in self.primitives if p not in PRIMITIVES]
+        if unknown:
+            raise ValueError(f'model.primitives: unknown ops {unknown}; allowed: {list(PRIMITIVES)}')
+        if len(set(self.primitives)) != len(self.primitives):
+            raise ValueError(f'model.primitives: duplicates in {list(self.primitives)}')
+        if not self.cells:
+            raise ValueError('a network needs at least one cell')
+        if self.steps < 1 or not 1 <= self.multiplier <= self.steps:
+            raise ValueError(f'steps={self.steps}, multiplier={self.multiplier}: need 1 <= multiplier <= steps')
+        for i, c in enumerate(self.cells):
+            if c.C < 1:
+                raise ValueError(f'cell {i}: C must be >= 1, got {c.C}')
+            if c.residual and c.reduction:
+                raise ValueError(f'cell {i}: a residual cell cannot reduce')
+
+    @classmethod
+    def darts(cls, C: int = 16, layers: int = 8, num_classes: int = 10, steps: int = 4,
+              multiplier: int = 4, stem_multiplier: int = 3,
+              primitives: Sequence[str] = PRIMITIVES) -> 'NetworkSpec':
+        """The DARTS layout: reductions at layers//3 and 2*layers//3, channels doubled there."""
+        if layers < 1:
+            raise ValueError(f'model.layers must be >= 1, got {layers}')
+        cells, c = [], C
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                c *= 2
+            cells.append(CellSpec(C=c, reduction=reduction))
+        return cls(cells=tuple(cells), stem_C=stem_multiplier * C, num_classes=num_classes,
+                   steps=steps, multiplier=multiplier, primitives=tuple(primitives))
+
+    @property
+    def num_edges(self) -> int:
+        return num_edges(self.steps)
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.primitives)
+
+    @property
+    def layers(self) -> int:
+        return len(self.cells)
+
+    @property
+    def has_reduction(self) -> bool:
+        return any(c.reduction for c in self.cells)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d['growth_history'] = [json.loads(g) for g in self.growth_history]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'NetworkSpec':
+        d = dict(d)
+        d['cells'] = tuple(CellSpec(**c) for c in d['cells'])
+        d['growth_history'] = tuple(json.dumps(g, sort_keys=True) for g in d.get('growth_history', ()))
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> 'NetworkSpec':
+        return cls.from_dict(json.loads(text))
+
+    def with_growth(self, event: dict, **changes) -> 'NetworkSpec':
+        """A new spec with `changes` applied and `event` appended to the growth history."""
+        history = self.growth_history + (json.dumps(event, sort_keys=True),)
+        return dataclasses.replace(self, growth_history=history, **changes)

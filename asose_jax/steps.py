@@ -1,0 +1,189 @@
+"""Jitted steps, each `(state, batch, key) -> (state, metrics)`, compiled once per (spec, phase).
+
+`key` is a named stream; every step folds in `state.step`, so results depend only on
+(stream, step) and a resumed run draws the same noise. Train steps donate the state.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from asose_jax import gumbel
+from asose_jax.data import augment, normalize
+from asose_jax.network import CELL_TYPES, FixedNetwork, SearchNetwork
+from asose_jax.spec import NetworkSpec
+from asose_jax.train_state import TrainState
+
+@dataclasses.dataclass(frozen=True)
+class SearchStepConfig:
+    """Static settings of one phase's search steps (part of the compile key).
+
+    sampling: 'gumbel' draws edge weights from the logits; 'uniform' ignores them (warmup): the
+      exact 1/K mixture when soft, a uniformly drawn single op per edge when hard.
+    hard: straight-through one-hot samples; single_path: evaluate only the sampled op per edge.
+    unrolled: second-order arch gradient through one virtual SGD step of lr `unrolled_lr`.
+    eval_mode: 'softmax' (DARTS mixture) or 'argmax' (the derived op per edge, single path).
+    """
+
+    sampling: str = 'gumbel'
+    hard: bool = True
+    single_path: bool = True
+    tau_max: float = 10.0
+    tau_min: float = 0.1
+    tau_schedule: str = 'exponential'
+    tau_steps: int = 1000
+    cutout: int = 0
+    unrolled: bool = False
+    unrolled_lr: float = 0.025
+    unrolled_wd: float = 3e-4
+    eval_mode: str = 'argmax'
+    depthwise_impl: str = 'conv'
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    weight_step: Callable
+    arch_step: Callable | None
+    eval_step: Callable
+    traces: dict  # python-side trace counters, to prove one compile per phase
+
+
+def cross_entropy(logits, labels, mask=None):
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    if mask is None:
+        return losses.mean(), correct.mean()
+    m = mask.astype(jnp.float32)
+    return (losses * m).sum() / jnp.maximum(m.sum(), 1.0), (correct * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+def edge_weights(cfg: SearchStepConfig, arch: dict, key, step):
+    """Edge weights for a train step and the temperature used."""
+    tau = gumbel.temperature(step, cfg.tau_steps, cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+    if cfg.sampling == 'uniform':
+        zeros = {t: jnp.zeros_like(arch[t]) for t in CELL_TYPES}
+        if not cfg.hard:
+            return {t: jax.nn.softmax(z, -1) for t, z in zeros.items()}, tau
+        return gumbel.sample_tree(key, zeros, 1.0, hard=True), tau
+    return gumbel.sample_tree(key, arch, tau, cfg.hard), tau
+
+
+def eval_edge_weights(cfg: SearchStepConfig, arch: dict):
+    if cfg.eval_mode == 'argmax':
+        return {t: jax.nn.one_hot(jnp.argmax(arch[t], -1), arch[t].shape[-1]) for t in CELL_TYPES}
+    return {t: jax.nn.softmax(arch[t], -1) for t in CELL_TYPES}
+
+
+def _counted(fn, traces: dict, name: str):
+    def wrapped(*args):
+        traces[name] = traces.get(name, 0) + 1
+        return fn(*args)
+    return wrapped
+
+
+def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax.GradientTransformation,
+                      arch_tx: optax.GradientTransformation | None) -> Steps:
+    """Builds the jitted weight/arch/eval steps of the search network for one phase."""
+    model = SearchNetwork(spec, cfg.depthwise_impl)
+    single_path_eval = cfg.eval_mode == 'argmax'
+
+    def forward(weights, batch_stats, arch_weights, x, train, single_path):
+        return model.apply({'params': weights, 'batch_stats': batch_stats}, x, arch_weights,
+                           train=train, single_path=single_path, mutable=['batch_stats'])
+
+    def batch_loss(weights, batch_stats, ew, x, y):
+        logits, upd = forward(weights, batch_stats, ew, x, True, cfg.single_path)
+        loss, acc = cross_entropy(logits, y)
+        return loss, (acc, upd['batch_stats'])
+
+    def weight_step(state: TrainState, batch, key):
+        k_aug, k_gumbel = jax.random.split(jax.random.fold_in(key, state.step))
+        x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
+        ew, tau = edge_weights(cfg, jax.lax.stop_gradient(state.params['arch']), k_gumbel, state.step)
+        (loss, (acc, bs)), g_w = jax.value_and_grad(batch_loss, has_aux=True)(
+            state.params['weights'], state.batch_stats, ew, x, y)
+        grads = {'weights': g_w, 'arch': jax.tree_util.tree_map(jnp.zeros_like, state.params['arch'])}
+        updates, opt = weight_tx.update(grads, state.weight_opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, batch_stats=bs, weight_opt_state=opt)
+        return new, {'loss': loss, 'acc': acc, 'tau': tau, 'grad_norm': optax.global_norm(g_w)}
+
+    def arch_loss(arch, weights, batch_stats, key, step, x, y):
+        ew, _ = edge_weights(cfg, arch, key, step)
+        return batch_loss(weights, batch_stats, ew, x, y)
+
+    def arch_step(state: TrainState, batch, key):
+        k_aug, k_gumbel, k_aug2 = jax.random.split(jax.random.fold_in(key, state.step), 3)
+        x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
+        w, bs, arch = state.params['weights'], state.batch_stats, state.params['arch']
+        if cfg.unrolled:
+            xt, yt = augment(k_aug2, batch['train_image'], cfg.cutout), batch['train_label']
+
+            def unrolled(a):
+                g = jax.grad(lambda w_: arch_loss(a, w_, bs, k_gumbel, state.step, xt, yt)[0])(w)
+                w_virtual = jax.tree_util.tree_map(
+                    lambda p, gp: p - cfg.unrolled_lr * (gp + cfg.unrolled_wd * p), w, g)
+                return arch_loss(a, w_virtual, bs, k_gumbel, state.step, x, y)
+
+            (loss, (acc, new_bs)), g_a = jax.value_and_grad(unrolled, has_aux=True)(arch)
+        else:
+            (loss, (acc, new_bs)), g_a = jax.value_and_grad(arch_loss, has_aux=True)(
+                arch, w, bs, k_gumbel, state.step, x, y)
+        grads = {'weights': jax.tree_util.tree_map(jnp.zeros_like, w), 'arch': g_a}
+        updates, opt = arch_tx.update(grads, state.arch_opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(params=params, batch_stats=new_bs, arch_opt_state=opt)
+        return new, {'arch_loss': loss, 'arch_acc': acc, 'arch_grad_norm': optax.global_norm(g_a)}
+
+    def eval_metrics(state: TrainState, batch):
+        ew = eval_edge_weights(cfg, state.params['arch'])
+        logits = model.apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},
+                             normalize(batch['image']), ew, train=False, single_path=single_path_eval)
+        loss, acc = cross_entropy(logits, batch['label'], batch.get('mask'))
+        return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits)}
+
+    traces: dict = {}
+    jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))
+    return Steps(
+        weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
+        arch_step=jax.jit(_counted(arch_step, traces, 'arch_step'), donate_argnums=0) if arch_tx else None,
+        eval_step=lambda state, batch, key=None: (state, jit_eval(state, batch)),
+        traces=traces)
+
+
+def make_fixed_steps(model: FixedNetwork, weight_tx: optax.GradientTransformation, cutout: int,
+                     aux_weight: float = 0.4) -> Steps:
+    """Train/eval steps of a derived FixedNetwork (params {'weights': ..., 'arch': {}})."""
+
+    def loss_fn(weights, batch_stats, x, y, rng):
+        (logits, aux), upd = model.apply({'params': weights, 'batch_stats': batch_stats}, x, train=True,
+                                         rngs={'dropout': rng}, mutable=['batch_stats'])
+        loss, acc = cross_entropy(logits, y)
+        total = loss + (aux_weight * cross_entropy(aux, y)[0] if aux is not None else 0.0)
+        return total, (loss, acc, upd['batch_stats'])
+
+    def weight_step(state: TrainState, batch, key):
+        k_aug, k_drop = jax.random.split(jax.random.fold_in(key, state.step))
+        x = augment(k_aug, batch['image'], cutout)
+        (_, (loss, acc, bs)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params['weights'], state.batch_stats, x, batch['label'], k_drop)
+        updates, opt = weight_tx.update({'weights': g, 'arch': {}}, state.weight_opt_state, state.params)
+        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=bs, weight_opt_state=opt)
+        return new, {'loss': loss, 'acc': acc, 'grad_norm': optax.global_norm(g)}
+
+    def eval_metrics(state: TrainState, batch):
+        logits, _ = model.apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},
+                                normalize(batch['image']), train=False)
+        loss, acc = cross_entropy(logits, batch['label'], batch.get('mask'))
+        return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits)}
+
+    traces: dict = {}
+    jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))
+    return Steps(weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
+                 arch_step=None, eval_step=lambda state, batch, key=None: (state, jit_eval(state, batch)),
+                 traces=traces)

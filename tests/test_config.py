@@ -1,0 +1,63 @@
+import importlib.util
+import os
+
+import pytest
+
+from asose_jax.config import ConfigError, network_spec, validate
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+
+
+def _load(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.mark.parametrize('name, arg', [('cifar10', None), ('cifar10', 'smoke'), ('cifar100', None)])
+def test_configs_validate(name, arg):
+    c = _load(name, arg)
+    validate(c)
+    assert network_spec(c).num_classes == (100 if name == 'cifar100' else 10)
+
+
+def test_defaults_follow_darts():
+    c = _load('cifar10')
+    assert (c.model.C, c.model.layers, c.search.batch_size, c.data.train_portion) == (16, 8, 64, 0.5)
+    assert (c.weight_optim.lr, c.weight_optim.lr_min, c.weight_optim.momentum) == (0.025, 0.001, 0.9)
+    assert (c.weight_optim.weight_decay, c.weight_optim.grad_clip) == (3e-4, 5.0)
+    assert (c.arch_optim.lr, c.arch_optim.b1, c.arch_optim.b2, c.arch_optim.weight_decay) == (3e-4, 0.5, 0.999, 1e-3)
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match='smoke'):
+        _load('cifar10', 'huge')
+
+
+@pytest.mark.parametrize('field, value, fragment', [
+    ('data.source', 'imagenet', "allowed: ('cifar_dir', 'tfds', 'synthetic')"),
+    ('data.dataset', 'mnist', 'data.dataset'),
+    ('data.train_portion', 1.0, 'data.train_portion'),
+    ('model.C', 7, 'model.C'),
+    ('model.primitives', ['none', 'conv_9x9'], 'model.primitives'),
+    ('model.primitives', ['none'], 'other than'),
+    ('search.arch_every', 0, 'search.arch_every'),
+    ('search.tau_schedule', 'cosine', 'search.tau_schedule'),
+    ('search.eval_mode', 'mean', 'search.eval_mode'),
+    ('weight_optim.momentum', 1.5, 'weight_optim.momentum'),
+    ('optimize.drop_path', 1.0, 'optimize.drop_path'),
+])
+def test_bad_values_name_the_field(field, value, fragment):
+    c = _load('cifar10', 'smoke')
+    section, key = field.split('.')
+    c[section][key] = value
+    with pytest.raises(ConfigError, match=fragment.replace('(', r'\(').replace(')', r'\)')):
+        validate(c)
+
+
+def test_single_path_needs_hard():
+    c = _load('cifar10', 'smoke')
+    c.search.hard = False
+    with pytest.raises(ConfigError, match='search.single_path'):
+        validate(c)

@@ -1,0 +1,81 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asose_jax.genotype import PRIMITIVES
+from asose_jax.ops import DepthwiseConv, FactorizedReduce, Pool, batch_norm, make_op
+
+
+def _run(module, x, train=True):
+    variables = module.init(jax.random.key(0), x, train=False)
+    out, _ = module.apply(variables, x, train=train, mutable=['batch_stats'])
+    return variables, out
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('primitive', PRIMITIVES)
+def test_every_op_shape(primitive, stride):
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+    _, out = _run(make_op(primitive, 4, stride, affine=False, search=True), x)
+    assert out.shape == (2, 8 // stride, 8 // stride, 4)
+    assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_search_ops_have_no_affine_params():
+    x = jnp.ones((2, 8, 8, 4))
+    for p in PRIMITIVES:
+        variables = make_op(p, 4, 1, affine=False, search=True).init(jax.random.key(0), x, train=False)
+        bn_params = [path for path, _ in jax.tree_util.tree_leaves_with_path(variables.get('params', {}))
+                     if 'bn' in jax.tree_util.keystr(path)]
+        assert bn_params == [], p
+    # pools are followed by a non-affine BN in search cells, not in fixed cells
+    assert 'batch_stats' in make_op('max_pool_3x3', 4, 1, False, search=True).init(jax.random.key(0), x, train=False)
+    assert 'batch_stats' not in make_op('max_pool_3x3', 4, 1, True).init(jax.random.key(0), x, train=False)
+
+
+def test_avg_pool_excludes_padding():
+    x = jnp.ones((1, 4, 4, 1))
+    out = Pool('avg', 1).apply({}, x, train=False)
+    np.testing.assert_allclose(np.asarray(out), 1.0)  # a padded corner would give 4/9
+
+
+def test_max_pool_pads_with_minus_infinity():
+    x = -jnp.ones((1, 4, 4, 1))
+    out = Pool('max', 2).apply({}, x, train=False)
+    np.testing.assert_allclose(np.asarray(out), -1.0)
+
+
+def test_batchnorm_matches_torch_conventions():
+    """torch BatchNorm2d(momentum=0.1, eps=1e-5): running = 0.9 * running + 0.1 * batch (flax keeps the
+    biased batch variance; torch stores the unbiased one, converted in parity/)."""
+    x = jax.random.normal(jax.random.key(2), (4, 4, 4, 2)) * 3 + 1
+    bn = batch_norm(train=True, affine=False)
+    variables = bn.init(jax.random.key(0), x)
+    out, upd = bn.apply(variables, x, mutable=['batch_stats'])
+    xs = np.asarray(x, np.float64).reshape(-1, 2)
+    np.testing.assert_allclose(upd['batch_stats']['mean'], 0.1 * xs.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(upd['batch_stats']['var'], 0.9 + 0.1 * xs.var(0), rtol=1e-5)
+    expect = (xs - xs.mean(0)) / np.sqrt(xs.var(0) + 1e-5)
+    np.testing.assert_allclose(np.asarray(out).reshape(-1, 2), expect, atol=1e-4)
+    assert 'params' not in variables
+
+
+@pytest.mark.parametrize('k, stride, pad, dil', [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 1, 4, 2)])
+def test_depthwise_shift_equals_grouped_conv(k, stride, pad, dil):
+    x = jax.random.normal(jax.random.key(3), (2, 8, 8, 4))
+    conv = DepthwiseConv(k, stride, pad, dil, impl='conv')
+    variables = conv.init(jax.random.key(0), x)
+    a = conv.apply(variables, x)
+    b = DepthwiseConv(k, stride, pad, dil, impl='shift').apply(variables, x)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_factorized_reduce_needs_even_channels():
+    with pytest.raises(ValueError, match='even'):
+        FactorizedReduce(3).init(jax.random.key(0), jnp.ones((1, 4, 4, 2)), train=False)
+
+
+def test_unknown_op():
+    with pytest.raises(ValueError, match='unknown op'):
+        make_op('conv_7x7', 4, 1, True)
