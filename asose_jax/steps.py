@@ -110,7 +110,7 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         updates, opt = weight_tx.update(grads, state.weight_opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, batch_stats=bs, weight_opt_state=opt)
-        return new, {'loss': loss, 'acc': acc, 'tau': tau, 'grad_norm': optax.global_norm(g_w)}
+        return new, {'loss': loss, 'acc': acc, 'tau': tau, 'grad_norm': optax.tree.norm(g_w)}
 
     def arch_loss(arch, weights, batch_stats, key, step, x, y):
         ew, _ = edge_weights(cfg, arch, key, step)
@@ -137,7 +137,7 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         updates, opt = arch_tx.update(grads, state.arch_opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(params=params, batch_stats=new_bs, arch_opt_state=opt)
-        return new, {'arch_loss': loss, 'arch_acc': acc, 'arch_grad_norm': optax.global_norm(g_a)}
+        return new, {'arch_loss': loss, 'arch_acc': acc, 'arch_grad_norm': optax.tree.norm(g_a)}
 
     def eval_metrics(state: TrainState, batch):
         ew = eval_edge_weights(cfg, state.params['arch'])
@@ -174,7 +174,7 @@ def make_fixed_steps(model: FixedNetwork, weight_tx: optax.GradientTransformatio
         updates, opt = weight_tx.update({'weights': g, 'arch': {}}, state.weight_opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=bs, weight_opt_state=opt)
-        return new, {'loss': loss, 'acc': acc, 'grad_norm': optax.global_norm(g)}
+        return new, {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(g)}
 
     def eval_metrics(state: TrainState, batch):
         logits, _ = model.apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},

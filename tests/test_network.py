@@ -1,0 +1,59 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asose_jax.genotype import Genotype
+from asose_jax.network import (FixedNetwork, SearchNetwork, count_params, init_search_variables,
+                               uniform_edge_weights)
+from asose_jax.spec import NetworkSpec
+
+
+@pytest.mark.parametrize('C, layers, expected', [(16, 8, 1_930_618), (8, 5, 394_210)])
+def test_darts_reference_sizes(C, layers, expected):
+    """Counts measured by running the DARTS code (model_search.Network, 10 classes)."""
+    spec = NetworkSpec.darts(C=C, layers=layers)
+    shapes = jax.eval_shape(lambda k: init_search_variables(spec, k), jax.random.key(0))
+    assert count_params(shapes['params']['weights']) == expected
+    assert {k: v.shape for k, v in shapes['params']['arch'].items()} == {'normal': (14, 8), 'reduce': (14, 8)}
+    assert count_params(shapes['params']['arch']) == 224
+
+
+@pytest.fixture(scope='module')
+def tiny(tiny_spec):
+    v = init_search_variables(tiny_spec, jax.random.key(0), image_size=8)
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+    return tiny_spec, v, x
+
+
+def test_single_path_equals_mixture_with_one_hot_weights(tiny):
+    spec, v, x = tiny
+    model = SearchNetwork(spec)
+    ids = jax.random.randint(jax.random.key(2), (2, 14), 0, 8)
+    w = {'normal': jax.nn.one_hot(ids[0], 8), 'reduce': jax.nn.one_hot(ids[1], 8)}
+    variables = {'params': v['params']['weights'], 'batch_stats': v['batch_stats']}
+    fast = model.apply(variables, x, w, train=False, single_path=True)
+    full = model.apply(variables, x, w, train=False, single_path=False)
+    assert fast.shape == (3, 10)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(full), atol=1e-5)
+    uniform = model.apply(variables, x, uniform_edge_weights(spec), train=False)
+    assert float(jnp.abs(uniform - full).max()) > 1e-4  # the weights matter
+
+
+def test_fixed_network_with_auxiliary_head():
+    g = Genotype(normal=(('sep_conv_3x3', 0), ('skip_connect', 1), ('dil_conv_3x3', 2), ('avg_pool_3x3', 0),
+                         ('max_pool_3x3', 1), ('sep_conv_5x5', 3), ('dil_conv_5x5', 4), ('none', 0)),
+                 normal_concat=(2, 3, 4, 5),
+                 reduce=(('max_pool_3x3', 0), ('skip_connect', 1), ('skip_connect', 2), ('avg_pool_3x3', 1),
+                         ('sep_conv_3x3', 0), ('dil_conv_3x3', 3), ('sep_conv_5x5', 4), ('max_pool_3x3', 1)),
+                 reduce_concat=(2, 3, 4, 5))
+    model = FixedNetwork(g, C=4, layers=3, auxiliary=True, drop_path_rate=0.2)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x, train=False)
+    assert 'aux_head' not in variables['params']  # created lazily in train mode only
+    variables = model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x, train=True)
+    (logits, aux), _ = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(2)},
+                                   mutable=['batch_stats'])
+    assert logits.shape == (2, 10) and aux.shape == (2, 10)
+    logits_eval, aux_eval = model.apply(variables, x, train=False)
+    assert aux_eval is None and logits_eval.shape == (2, 10)
