@@ -25,7 +25,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         train_portion=0.5,        # weight half / arch half of the training set
         split_seed=0,
         cutout=0,                 # search: no cutout (DARTS); optimize has its own
-        image_size=32,
+        image_size=32,            # CIFAR images are average-pooled down to this
         synthetic_train=2048,
         synthetic_test=512,
         max_train=0,              # 0 = all
@@ -100,8 +100,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _check(bool(d.dir), 'data.dir', d.dir, 'a folder in the official CIFAR python layout')
     _check(0.0 < d.train_portion < 1.0, 'data.train_portion', d.train_portion, 'a fraction in (0, 1)')
     _check(d.cutout >= 0, 'data.cutout', d.cutout, 'an integer >= 0 (0 = off)')
-    _check(d.image_size >= 8 and d.image_size % 4 == 0, 'data.image_size', d.image_size,
-           'a multiple of 4, >= 8 (synthetic data only; CIFAR is 32)')
+    _check(d.image_size >= 8 and d.image_size % 4 == 0 and (d.source == 'synthetic' or 32 % d.image_size == 0),
+           'data.image_size', d.image_size, 'a multiple of 4, >= 8; for CIFAR a divisor of 32 (average-pooled)')
     for f in ('synthetic_train', 'synthetic_test', 'eval_batch_size'):
         _check(d[f] >= 1, f'data.{f}', d[f], 'an integer >= 1')
     for f in ('max_train', 'max_test'):

@@ -101,3 +101,12 @@ def test_tfds_source_offline():
         ds = data.load_tfds('cifar10')
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_labels.shape == (12,) and ds.num_classes == 10
+
+
+def test_downsample_average_pools():
+    img = np.zeros((1, 4, 4, 3), np.uint8)
+    img[0, :2, :2] = 200
+    out = data.downsample(img, 2)
+    assert out.shape == (1, 2, 2, 3) and out[0, 0, 0, 0] == 200 and out[0, 1, 1, 0] == 0
+    with pytest.raises(data.DataError, match='divide'):
+        data.downsample(np.zeros((1, 32, 32, 3), np.uint8), 12)

@@ -2,17 +2,28 @@
 import json
 import os
 
+import jax
 import pytest
 
 from asose_jax.train import run
 from test_config import _load
 
 
+@pytest.fixture
+def xla_optimizations():
+    """Training-speed test: turn XLA optimisations back on (conftest turns them off)."""
+    jax.config.update('jax_disable_most_optimizations', False)
+    yield
+    jax.config.update('jax_disable_most_optimizations', True)
+
+
 @pytest.mark.e2e
-def test_smoke_search_learns(subset_dir, tmp_path):
+def test_smoke_search_learns(subset_dir, tmp_path, xla_optimizations):
     c = _load('cifar10', 'smoke')
     c.data.dir = subset_dir
+    c.data.image_size = 16  # real images, average-pooled, to fit the CI budget
     c.data.max_train = 1536
+    c.data.max_test = 512
     c.optimize.C = 8
     c.optimize.layers = 3
     c.optimize.epochs = 5
