@@ -10,7 +10,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
