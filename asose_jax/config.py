@@ -54,6 +54,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         C=0, layers=0,            # 0 = the search network's C / layers
         lr=0.025, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
         cutout=16, drop_path=0.0, auxiliary=False, aux_weight=0.4,
+        depthwise_impl='shift',   # 2-2.5x faster than grouped conv for the derived net on CPU
     )
     c.progress = True
     return c
@@ -117,6 +118,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(any(p != 'none' for p in m.primitives), 'model.primitives', list(m.primitives),
            "at least one op other than 'none' (derive picks the strongest non-none op)")
     _check(m.depthwise_impl in DEPTHWISE_IMPLS, 'model.depthwise_impl', m.depthwise_impl, str(DEPTHWISE_IMPLS))
+    _check(o.depthwise_impl in DEPTHWISE_IMPLS, 'optimize.depthwise_impl', o.depthwise_impl, str(DEPTHWISE_IMPLS))
     _check(s.batch_size >= 1, 'search.batch_size', s.batch_size, 'an integer >= 1')
     for f in ('warmup_epochs', 'search_epochs'):
         _check(s[f] >= 0, f'search.{f}', s[f], 'an integer >= 0')

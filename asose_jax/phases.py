@@ -164,7 +164,7 @@ def optimize_phase(ctx: RunContext, genotype: Genotype, spec: NetworkSpec) -> tu
     c, o = ctx.config, ctx.config.optimize
     model = FixedNetwork(genotype, C=o.C or c.model.C, layers=o.layers or c.model.layers,
                          num_classes=spec.num_classes, stem_multiplier=c.model.stem_multiplier,
-                         auxiliary=o.auxiliary, drop_path_rate=o.drop_path, depthwise_impl=c.model.depthwise_impl)
+                         auxiliary=o.auxiliary, drop_path_rate=o.drop_path, depthwise_impl=o.depthwise_impl)
     n_batches = ctx.train_split.num_batches(o.batch_size)
     wcfg = WeightOptConfig(lr=o.lr, lr_min=o.lr_min, momentum=o.momentum, weight_decay=o.weight_decay,
                            grad_clip=o.grad_clip)
