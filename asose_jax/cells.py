@@ -17,26 +17,39 @@ class MixedOp(nn.Module):
     single_path=True evaluates only op argmax(w) (GDAS-style) through `nn.switch` and scales it by
     w[argmax]: with straight-through one-hot weights the value is op(x) and the gradient reaches
     the logits. Under vmap the switch becomes a select that evaluates every branch.
+    Ops in `gated` (added by growth) are scaled by a learnable scalar that starts at zero, so a new
+    branch starts without changing the edge's output. `drop_path_rate` drops the edge's output
+    per sample in train mode (needs a 'dropout' rng).
     """
 
     C: int
     stride: int
     primitives: Sequence[str]
     depthwise_impl: str = 'conv'
+    gated: Sequence[str] = ()
+    drop_path_rate: float = 0.0
 
     def setup(self):
         self.ops = [make_op(p, self.C, self.stride, affine=False, search=True,
                             depthwise_impl=self.depthwise_impl, name=p) for p in self.primitives]
+        self.gates = {p: self.param(f'gate_{p}', nn.initializers.zeros, ()) for p in self.gated}
+
+    def _op(self, k: int, x, train: bool):
+        p = self.primitives[k]
+        y = self.ops[k](x, train)
+        return y * self.gates[p] if p in self.gates else y
 
     def __call__(self, x, w, train: bool, single_path: bool = False):
         if not single_path:
-            return sum(w[k] * op(x, train) for k, op in enumerate(self.ops))
-        branches = [lambda mdl, x, k=k: mdl.ops[k](x, train) for k in range(len(self.ops))]
-        if self.is_initializing():
-            for branch in branches:  # create every op's variables
-                branch(self, x)
-        idx = jnp.argmax(w)
-        return nn.switch(idx, branches, self, x) * w[idx]
+            out = sum(w[k] * self._op(k, x, train) for k in range(len(self.ops)))
+        else:
+            branches = [lambda mdl, x, k=k: mdl._op(k, x, train) for k in range(len(self.ops))]
+            if self.is_initializing():
+                for branch in branches:  # create every op's variables
+                    branch(self, x)
+            idx = jnp.argmax(w)
+            out = nn.switch(idx, branches, self, x) * w[idx]
+        return drop_path(self, out, self.drop_path_rate, train)
 
 
 def cell_inputs(C: int, reduction_prev: bool, affine: bool):
@@ -71,10 +84,13 @@ class _InputEdge(nn.Module):
     depthwise_impl: str
     train: bool
     single_path: bool
+    gated: Sequence[str] = ()
+    drop_path_rate: float = 0.0
 
     @nn.compact
     def __call__(self, carry, inputs, w, src):
-        op = MixedOp(self.C, self.stride, self.primitives, self.depthwise_impl, name='mixed')
+        op = MixedOp(self.C, self.stride, self.primitives, self.depthwise_impl, self.gated, self.drop_path_rate,
+                     name='mixed')
         return carry, op(inputs[src], w, self.train, self.single_path)
 
 
@@ -86,16 +102,18 @@ class _NodeEdge(nn.Module):
     depthwise_impl: str
     train: bool
     single_path: bool
+    gated: Sequence[str] = ()
+    drop_path_rate: float = 0.0
 
     @nn.compact
     def __call__(self, nodes, w, src, dst):
-        op = MixedOp(self.C, 1, self.primitives, self.depthwise_impl, name='mixed')
+        op = MixedOp(self.C, 1, self.primitives, self.depthwise_impl, self.gated, self.drop_path_rate, name='mixed')
         return nodes.at[dst].add(op(nodes[src], w, self.train, self.single_path)), None
 
 
 def _scan(module_cls, length: int, in_axes):
     return nn.scan(module_cls, variable_axes={'params': 0, 'batch_stats': 0},
-                   split_rngs={'params': True}, in_axes=in_axes, length=length)
+                   split_rngs={'params': True, 'dropout': True}, in_axes=in_axes, length=length)
 
 
 class SearchCell(nn.Module):
@@ -113,6 +131,8 @@ class SearchCell(nn.Module):
     steps: int = 4
     multiplier: int = 4
     depthwise_impl: str = 'conv'
+    gated: Sequence[str] = ()
+    drop_path_rate: float = 0.0
 
     @nn.compact
     def __call__(self, s0, s1, weights, train: bool, single_path: bool = False):
@@ -122,13 +142,14 @@ class SearchCell(nn.Module):
         in_idx, in_src, in_dst = map(jnp.array, zip(*input_edges(self.steps)))
         in_scan = _scan(_InputEdge, len(in_idx), (nn.broadcast, 0, 0))(
             self.C, 2 if self.reduction else 1, prims, self.depthwise_impl, train, single_path,
-            name='input_edges')
+            tuple(self.gated), self.drop_path_rate, name='input_edges')
         _, outs = in_scan(None, inputs, weights[in_idx], in_src)
         nodes = jax.ops.segment_sum(outs, in_dst, num_segments=self.steps, indices_are_sorted=True)
         if self.steps > 1:
             nd_idx, nd_src, nd_dst = map(jnp.array, zip(*node_edges(self.steps)))
             nd_scan = _scan(_NodeEdge, len(nd_idx), (0, 0, 0))(
-                self.C, prims, self.depthwise_impl, train, single_path, name='node_edges')
+                self.C, prims, self.depthwise_impl, train, single_path, tuple(self.gated), self.drop_path_rate,
+                name='node_edges')
             nodes, _ = nd_scan(nodes, weights[nd_idx], nd_src, nd_dst)
         return jnp.concatenate(list(nodes[self.steps - self.multiplier:]), axis=-1)
 

@@ -56,6 +56,20 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         cutout=16, drop_path=0.0, auxiliary=False, aux_weight=0.4,
         depthwise_impl='shift',   # 2-2.5x faster than grouped conv for the derived net on CPU
     )
+    c.growth = dict(
+        trigger='none',           # none | schedule | plateau
+        schedule='',              # 'EPOCH:KIND,...': grow after these search epochs (0-based), e.g. '0:depth,1:width'
+        kind='auto',              # plateau growth: one of growth.KINDS or 'auto' (see growth_policy.choose_kind)
+        plateau_window=3,         # epochs of val_acc looked at
+        plateau_threshold=0.005,  # val_acc units (a fraction): 0.005 = half a percentage point
+        max_growths=4,
+        max_cells=20, max_C=64, max_params=5_000_000,   # caps: a growth past one is skipped and logged
+        width_factor=1.5, deepen_stage=-1, attention_cell=-1,  # -1 = automatic choice
+        branch_op='auto', branch_init_weight=1e-7,
+        drop_path=0.1, dropout=0.1, prune_fraction=0.2,
+        rollback_patience=2,      # epochs after a growth before comparing val_acc with the pre-growth value
+        rollback_margin=0.02,     # roll back when val_acc fell by more than this (a fraction)
+    )
     c.progress = True
     return c
 
@@ -143,6 +157,37 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(o.lr > 0 and 0 <= o.lr_min <= o.lr, 'optimize.lr/lr_min', (o.lr, o.lr_min), 'lr > 0, 0 <= lr_min <= lr')
     _check(0 <= o.drop_path < 1, 'optimize.drop_path', o.drop_path, '[0, 1)')
     _check(o.cutout >= 0 and o.aux_weight >= 0, 'optimize.cutout/aux_weight', (o.cutout, o.aux_weight), '>= 0')
+    validate_growth(c)
+
+
+def validate_growth(c: ml_collections.ConfigDict) -> None:
+    from asose_jax import growth_policy  # noqa: PLC0415 (growth imports the network; keep config light)
+    g = c.growth
+    _check(g.trigger in growth_policy.TRIGGERS, 'growth.trigger', g.trigger, str(growth_policy.TRIGGERS))
+    _check(g.kind in growth_policy.KINDS_OR_AUTO, 'growth.kind', g.kind, str(growth_policy.KINDS_OR_AUTO))
+    try:
+        schedule = growth_policy.parse_schedule(g.schedule)
+    except ValueError as e:
+        raise ConfigError(f'config.growth.schedule={g.schedule!r} is invalid: {e}') from None
+    late = [e for e in schedule if e >= c.search.search_epochs - 1]
+    _check(not late, 'growth.schedule', g.schedule,
+           f'search epochs 0..{c.search.search_epochs - 2} (a growth needs at least one search epoch after it)')
+    _check(g.trigger != 'schedule' or schedule, 'growth.schedule', g.schedule, "at least one 'EPOCH:KIND' entry")
+    _check(g.plateau_window >= 2, 'growth.plateau_window', g.plateau_window, 'an integer >= 2 (epochs)')
+    _check(0 <= g.plateau_threshold < 1, 'growth.plateau_threshold', g.plateau_threshold,
+           'a val_acc fraction in [0, 1), e.g. 0.005 = half a percentage point')
+    _check(g.max_growths >= 0 and g.max_cells >= 1 and g.max_C >= 2 and g.max_params >= 1,
+           'growth.max_growths/max_cells/max_C/max_params', (g.max_growths, g.max_cells, g.max_C, g.max_params),
+           'max_growths >= 0, the caps >= 1')
+    _check(g.width_factor > 1, 'growth.width_factor', g.width_factor, 'a number > 1')
+    _check(g.branch_op == 'auto' or g.branch_op in PRIMITIVES, 'growth.branch_op', g.branch_op,
+           f"'auto' or one of {list(PRIMITIVES)}")
+    _check(0 < g.branch_init_weight < 1e-2, 'growth.branch_init_weight', g.branch_init_weight, '(0, 0.01)')
+    _check(0 <= g.drop_path < 1 and 0 <= g.dropout < 1, 'growth.drop_path/dropout', (g.drop_path, g.dropout),
+           'rates in [0, 1)')
+    _check(0 < g.prune_fraction < 1, 'growth.prune_fraction', g.prune_fraction, '(0, 1)')
+    _check(g.rollback_patience >= 1 and 0 <= g.rollback_margin < 1, 'growth.rollback_patience/margin',
+           (g.rollback_patience, g.rollback_margin), 'patience >= 1 epochs, margin a val_acc fraction in [0, 1)')
 
 
 def network_spec(c: ml_collections.ConfigDict) -> NetworkSpec:

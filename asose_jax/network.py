@@ -23,8 +23,26 @@ def stem(C: int, x, train: bool):
     return batch_norm(train, affine=True, name='stem_bn')(x)
 
 
+class SqueezeExcite(nn.Module):
+    """x * 2*sigmoid(fc2(relu(fc1(mean(x))))): fc2 starts at zero, so the gate starts as the identity."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        h = nn.relu(nn.Dense(self.hidden, name='fc1')(jnp.mean(x, axis=(1, 2))))
+        g = nn.Dense(c, kernel_init=nn.initializers.zeros, name='fc2')(h)
+        return x * (2.0 * nn.sigmoid(g))[:, None, None, :]
+
+
 class SearchNetwork(nn.Module):
-    """Stem, the cells of `spec`, global average pool, linear classifier. Returns logits."""
+    """Stem, the cells of `spec`, global average pool, linear classifier. Returns logits.
+
+    Growth-made structure: residual cells add their output to c_{k-1} through a zero-scale BN
+    (`cell{i}_gate`), attention cells end in `cell{i}_se`, branch ops carry per-edge gates, and
+    `spec.dropout` / `spec.drop_path` regularise in train mode (they need a 'dropout' rng then).
+    """
 
     spec: NetworkSpec
     depthwise_impl: str = 'conv'
@@ -36,14 +54,17 @@ class SearchNetwork(nn.Module):
         level0 = level1 = 0  # how many reductions each of (c_{k-2}, c_{k-1}) has been through
         for i, cell in enumerate(spec.cells):
             out = SearchCell(cell.C, cell.reduction, level0 != level1, spec.primitives, spec.steps,
-                             spec.multiplier, self.depthwise_impl, name=f'cell{i}')(
+                             spec.multiplier, self.depthwise_impl, spec.branch_ops, spec.drop_path, name=f'cell{i}')(
                 s0, s1, edge_weights['reduce' if cell.reduction else 'normal'], train, single_path)
+            if cell.attention:
+                out = SqueezeExcite(cell.attention, name=f'cell{i}_se')(out)
             if cell.residual:
                 gate = batch_norm(train, affine=True, name=f'cell{i}_gate', scale_init=nn.initializers.zeros)
                 s1 = s1 + gate(out)
             else:
                 s0, s1, level0, level1 = s1, out, level1, level1 + int(cell.reduction)
-        return nn.Dense(spec.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
+        features = nn.Dropout(spec.dropout, deterministic=not train or spec.dropout == 0.0)(jnp.mean(s1, axis=(1, 2)))
+        return nn.Dense(spec.num_classes, name='classifier')(features)
 
 
 class AuxiliaryHead(nn.Module):
@@ -107,6 +128,43 @@ def init_search_variables(spec: NetworkSpec, key, image_size: int = 32, depthwis
     variables = jax.jit(lambda k: model.init(k, x, uniform_edge_weights(spec), train=False))(k_net)
     return {'params': {'weights': variables['params'], 'arch': init_arch_logits(spec, k_arch)},
             'batch_stats': variables.get('batch_stats', {})}
+
+
+def cell_input_channels(spec: NetworkSpec) -> list[tuple[int, int, bool]]:
+    """(channels of c_{k-2}, channels of c_{k-1}, reduction_prev) of each cell, following the chain
+    SearchNetwork builds (residual cells do not shift it)."""
+    c0 = c1 = spec.stem_C
+    level0 = level1 = 0
+    out = []
+    for cell in spec.cells:
+        out.append((c0, c1, level0 != level1))
+        if not cell.residual:
+            c0, c1 = c1, spec.multiplier * cell.C
+            level0, level1 = level1, level1 + int(cell.reduction)
+    return out
+
+
+def init_cell_variables(spec: NetworkSpec, index: int, key, size: int = 8) -> dict:
+    """Fresh variables of cell `index` alone (with its residual gate and attention gate), laid out
+    as in the whole network: {'params': {'cell{i}': ..., ...}, 'batch_stats': {...}}. Growth uses it
+    so that adding a cell compiles one cell's init, not the whole network's."""
+    cell = spec.cells[index]
+    c0, c1, reduction_prev = cell_input_channels(spec)[index]
+    s0 = jnp.zeros((1, 2 * size if reduction_prev else size, 2 * size if reduction_prev else size, c0))
+    s1 = jnp.zeros((1, size, size, c1))
+    w = uniform_edge_weights(spec)['reduce' if cell.reduction else 'normal']
+    module = SearchCell(cell.C, cell.reduction, reduction_prev, spec.primitives, spec.steps, spec.multiplier,
+                        gated=spec.branch_ops)
+    k_cell, k_gate, k_se = jax.random.split(key, 3)
+    v = jax.jit(lambda k: module.init(k, s0, s1, w, train=False))(k_cell)
+    params, stats = {f'cell{index}': v['params']}, {f'cell{index}': v['batch_stats']}
+    out = jnp.zeros((1, 1, 1, spec.multiplier * cell.C))
+    if cell.residual:
+        g = batch_norm(False, affine=True, scale_init=nn.initializers.zeros).init(k_gate, out)
+        params[f'cell{index}_gate'], stats[f'cell{index}_gate'] = g['params'], g['batch_stats']
+    if cell.attention:
+        params[f'cell{index}_se'] = SqueezeExcite(cell.attention).init(k_se, out)['params']
+    return {'params': params, 'batch_stats': stats}
 
 
 def count_params(tree) -> int:

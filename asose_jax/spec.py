@@ -18,11 +18,15 @@ class CellSpec:
     C: channels of each intermediate node (the cell outputs multiplier * C).
     residual: a cell inserted by growth; its output is added to its c_{k-1} input through a
       zero-initialised BN scale, and it does not shift the (c_{k-2}, c_{k-1}) chain.
+    attention: hidden units of a squeeze-excite gate 2*sigmoid(fc2(relu(fc1(mean(x))))) on the
+      cell output (0 = none); fc2 starts at zero, so the gate starts as the identity. Fixed at
+      insertion, so a later widen only changes the gate's input and output widths.
     """
 
     C: int
     reduction: bool = False
     residual: bool = False
+    attention: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,18 +39,28 @@ class NetworkSpec:
     steps: int = 4
     multiplier: int = 4
     primitives: tuple[str, ...] = PRIMITIVES
+    branch_ops: tuple[str, ...] = ()      # primitives added by growth: each output scaled by a zero-init gate
+    drop_path: float = 0.0                # per-edge drop-path in train mode (regularise growth)
+    dropout: float = 0.0                  # before the classifier in train mode
     growth_history: tuple[str, ...] = ()  # JSON strings, one per growth event (hashable)
 
     def __post_init__(self):
         object.__setattr__(self, 'cells', tuple(
             c if isinstance(c, CellSpec) else CellSpec(**c) for c in self.cells))
         object.__setattr__(self, 'primitives', tuple(self.primitives))
+        object.__setattr__(self, 'branch_ops', tuple(self.branch_ops))
         object.__setattr__(self, 'growth_history', tuple(self.growth_history))
         unknown = [p for p in self.primitives if p not in PRIMITIVES]
         if unknown:
             raise ValueError(f'model.primitives: unknown ops {unknown}; allowed: {list(PRIMITIVES)}')
         if len(set(self.primitives)) != len(self.primitives):
             raise ValueError(f'model.primitives: duplicates in {list(self.primitives)}')
+        stray = [p for p in self.branch_ops if p not in self.primitives]
+        if stray:
+            raise ValueError(f'branch_ops {stray} are not in primitives {list(self.primitives)}')
+        for name in ('drop_path', 'dropout'):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f'{name}={getattr(self, name)}: need a rate in [0, 1)')
         if not self.cells:
             raise ValueError('a network needs at least one cell')
         if self.steps < 1 or not 1 <= self.multiplier <= self.steps:
@@ -54,6 +68,8 @@ class NetworkSpec:
         for i, c in enumerate(self.cells):
             if c.C < 1:
                 raise ValueError(f'cell {i}: C must be >= 1, got {c.C}')
+            if c.attention < 0:
+                raise ValueError(f'cell {i}: attention (hidden units) must be >= 0, got {c.attention}')
             if c.residual and c.reduction:
                 raise ValueError(f'cell {i}: a residual cell cannot reduce')
 

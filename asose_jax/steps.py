@@ -90,13 +90,12 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
     """Builds the jitted weight/arch/eval steps of the search network for one phase."""
     model = SearchNetwork(spec, cfg.depthwise_impl)
     single_path_eval = cfg.eval_mode == 'argmax'
+    stochastic = spec.dropout > 0 or spec.drop_path > 0  # growth's regularise turns these on
 
-    def forward(weights, batch_stats, arch_weights, x, train, single_path):
-        return model.apply({'params': weights, 'batch_stats': batch_stats}, x, arch_weights,
-                           train=train, single_path=single_path, mutable=['batch_stats'])
-
-    def batch_loss(weights, batch_stats, ew, x, y):
-        logits, upd = forward(weights, batch_stats, ew, x, True, cfg.single_path)
+    def batch_loss(weights, batch_stats, ew, x, y, drop_key):
+        logits, upd = model.apply({'params': weights, 'batch_stats': batch_stats}, x, ew, train=True,
+                                  single_path=cfg.single_path, mutable=['batch_stats'],
+                                  rngs={'dropout': drop_key} if stochastic else None)
         loss, acc = cross_entropy(logits, y)
         return loss, (acc, upd['batch_stats'])
 
@@ -105,7 +104,7 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
         ew, tau = edge_weights(cfg, jax.lax.stop_gradient(state.params['arch']), k_gumbel, state.step)
         (loss, (acc, bs)), g_w = jax.value_and_grad(batch_loss, has_aux=True)(
-            state.params['weights'], state.batch_stats, ew, x, y)
+            state.params['weights'], state.batch_stats, ew, x, y, jax.random.fold_in(k_aug, 1))
         grads = {'weights': g_w, 'arch': jax.tree_util.tree_map(jnp.zeros_like, state.params['arch'])}
         updates, opt = weight_tx.update(grads, state.weight_opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -114,7 +113,7 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
 
     def arch_loss(arch, weights, batch_stats, key, step, x, y):
         ew, _ = edge_weights(cfg, arch, key, step)
-        return batch_loss(weights, batch_stats, ew, x, y)
+        return batch_loss(weights, batch_stats, ew, x, y, jax.random.fold_in(key, 1))
 
     def arch_step(state: TrainState, batch, key):
         k_aug, k_gumbel, k_aug2 = jax.random.split(jax.random.fold_in(key, state.step), 3)
@@ -144,7 +143,8 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         logits = model.apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},
                              normalize(batch['image']), ew, train=False, single_path=single_path_eval)
         loss, acc = cross_entropy(logits, batch['label'], batch.get('mask'))
-        return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits)}
+        return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits),
+                'logits': logits}
 
     traces: dict = {}
     jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))

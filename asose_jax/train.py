@@ -17,7 +17,6 @@ from asose_jax import config as config_lib
 from asose_jax import data as data_lib
 from asose_jax import monitor, phases
 from asose_jax.network import count_params, init_search_variables
-from asose_jax.optim import arch_transform, weight_transform
 from asose_jax.train_state import create_train_state
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cifar10.py:smoke.',
@@ -51,7 +50,7 @@ def load_splits(c: ml_collections.ConfigDict) -> dict:
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs warmup -> search -> growth hook -> optimize; returns the final summary."""
+    """Runs warmup -> search (growing between epochs if configured) -> optimize; returns the summary."""
     config_lib.validate(c)
     splits = load_splits(c)
     os.makedirs(workdir, exist_ok=True)
@@ -65,13 +64,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     variables = init_search_variables(spec, keys['init'], splits['train'].images.shape[1], c.model.depthwise_impl)
     print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
           f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
-    n_batches = splits['weights'].num_batches(c.search.batch_size)
-    total = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
-    state = create_train_state(variables, weight_transform(config_lib.weight_opt_config(c), total),
-                               arch_transform(config_lib.arch_opt_config(c)))
-    state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs)
-    state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs)
-    spec, state = phases.growth_hook(ctx, spec, state)
+    state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
+    spec, state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs)
+    spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs)
     genotype = phases.genotype_of(spec, state.params)
     monitor.save_genotype(os.path.join(workdir, 'genotype.json'), genotype)
     with open(os.path.join(workdir, 'spec.json'), 'w') as f:
