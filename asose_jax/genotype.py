@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
+import os
 import re
 from typing import Sequence
 
@@ -145,3 +147,38 @@ def derive(alphas_normal, alphas_reduce, steps: int = 4, multiplier: int = 4,
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(normal=_parse_cell(weights['normal'], steps, primitives), normal_concat=concat,
                     reduce=_parse_cell(weights['reduce'], steps, primitives), reduce_concat=concat)
+
+
+@functools.cache
+def named_genotype_info() -> dict[str, dict]:
+    """Published cells shipped as package data (named_genotypes.json): genotype dict, citation, figures."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'named_genotypes.json')) as f:
+        return json.load(f)
+
+
+def named_genotypes() -> dict[str, Genotype]:
+    return {name: Genotype.from_dict(d) for name, d in named_genotype_info().items()}
+
+
+def load_genotype(arg: str) -> Genotype:
+    """A genotype from a published name (case-insensitive), a JSON file (genotype.json of a search
+    workdir), or a `Genotype(...)` string. Anything else is an error that lists the known names."""
+    arg = str(arg).strip()
+    names = named_genotype_info()
+    known = f'known names: {sorted(names)}; or a genotype JSON file, or a Genotype(...) string'
+    by_lower = {n.lower(): n for n in names}
+    if arg.lower() in by_lower:
+        return Genotype.from_dict(names[by_lower[arg.lower()]])
+    if arg.startswith('Genotype('):
+        try:
+            return Genotype.from_string(arg)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'malformed genotype string: {e}; {known}') from e
+    if os.path.isfile(arg):
+        try:
+            with open(arg) as f:
+                return Genotype.from_dict(json.load(f))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f'genotype file {arg!r} is not a genotype JSON: {e}; {known}') from e
+    raise ValueError(f'genotype {arg!r} is neither a known name nor an existing file nor a Genotype(...) '
+                     f'string; {known}')

@@ -262,34 +262,12 @@ class Grower:
 
 
 def optimize_phase(ctx: RunContext, genotype: Genotype, spec: NetworkSpec) -> tuple[TrainState, dict]:
-    """Trains a freshly initialised FixedNetwork(genotype) on the whole training set."""
-    c, o = ctx.config, ctx.config.optimize
-    model = FixedNetwork(genotype, C=o.C or c.model.C, layers=o.layers or c.model.layers,
-                         num_classes=spec.num_classes, stem_multiplier=c.model.stem_multiplier,
-                         auxiliary=o.auxiliary, drop_path_rate=o.drop_path, depthwise_impl=o.depthwise_impl)
-    n_batches = ctx.train_split.num_batches(o.batch_size)
-    wcfg = WeightOptConfig(lr=o.lr, lr_min=o.lr_min, momentum=o.momentum, weight_decay=o.weight_decay,
-                           grad_clip=o.grad_clip)
-    weight_tx = weight_transform(wcfg, max(o.epochs * n_batches, 1))
-    size = ctx.train_split.images.shape[1]
-    variables = jax.jit(lambda k: model.init({'params': k, 'dropout': k}, jnp.zeros((2, size, size, 3)),
-                                             train=False))(ctx.keys['optimize_init'])
-    params = {'weights': variables['params'], 'arch': {}}
-    state = create_train_state({'params': params, 'batch_stats': variables.get('batch_stats', {})},
-                               weight_tx, arch_transform(config_lib.arch_opt_config(c)))
-    steps = make_fixed_steps(model, weight_tx, o.cutout, o.aux_weight)
-    n_params = count_params(params['weights'])
-    record = {}
-    for epoch in range(o.epochs):
-        data_key = jax.random.fold_in(ctx.keys['data_optimize'], int(state.step))
-        state, train_m, ips, first_s = _run_epoch(
-            ctx, steps, state, ctx.train_split.epoch_batches(data_key, o.batch_size), n_batches,
-            f'optimize {epoch + 1}/{o.epochs}', ctx.keys['optimize'])
-        record = {'phase': 'optimize', 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
-                  'first_step_s': first_s, 'params': n_params, **train_m,
-                  **evaluate(steps, state, ctx.eval_split, c.data.eval_batch_size)}
-        _check_finite('optimize', epoch, record)
-        ctx.writer.write(record)
-        print(f"[optimize {epoch + 1}/{o.epochs}] loss {record['loss']:.3f} acc {record['acc']:.3f} "
-              f"val_acc {record['val_acc']:.3f} {ips:.1f} img/s", flush=True)
+    """Trains a freshly initialised FixedNetwork(genotype) on the whole training set.
+
+    The loop is `evaluate.train_fixed`, shared with the evaluation CLI; imported here because
+    evaluate builds on this module (RunContext, the epoch loop).
+    """
+    from asose_jax import evaluate as evaluate_lib
+    cfg = evaluate_lib.FixedTrainConfig.from_config(ctx.config, spec.num_classes)
+    _, state, record = evaluate_lib.train_fixed(ctx, genotype, cfg, phase='optimize')
     return state, record

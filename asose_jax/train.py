@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
-from asose_jax import monitor, phases
+from asose_jax import monitor, phases, visualize
 from asose_jax.network import count_params, init_search_variables
 from asose_jax.train_state import create_train_state
 
@@ -69,6 +69,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs)
     genotype = phases.genotype_of(spec, state.params)
     monitor.save_genotype(os.path.join(workdir, 'genotype.json'), genotype)
+    visualize.save_genotype_pictures(genotype, workdir, title='derived genotype')
     with open(os.path.join(workdir, 'spec.json'), 'w') as f:
         f.write(spec.to_json())
     print(f'derived genotype: {genotype}', flush=True)

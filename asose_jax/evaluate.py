@@ -1,0 +1,221 @@
+"""Train a found (or published) architecture from scratch, count it, export it.
+
+`python -m asose_jax.evaluate --config configs/eval_cifar10.py[:smoke] --genotype PATH_OR_NAME --workdir DIR`
+
+`train_fixed` is the one FixedNetwork training loop: the search run's optimize phase
+(`phases.optimize_phase`) and this CLI both call it. Outputs in the workdir: `config.json`,
+`genotype.json`, `genotype.{png,svg}`, `metrics.jsonl` (one line per epoch), `summary.json`
+(test accuracy, params, MACs) and `export/` (an orbax checkpoint of the trained variables plus
+the genotype and network hyper-parameters; `load_exported` restores it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import app, flags
+from ml_collections import config_flags
+
+from asose_jax import complexity, monitor, phases, visualize
+from asose_jax import config as config_lib
+from asose_jax import data as data_lib
+from asose_jax.genotype import Genotype, load_genotype
+from asose_jax.network import FixedNetwork, count_params
+from asose_jax.optim import WeightOptConfig, arch_transform, weight_transform
+from asose_jax.steps import make_fixed_steps
+from asose_jax.train_state import TrainState, create_train_state
+
+EXPORT_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedTrainConfig:
+    """Network and optimisation settings of one from-scratch training (the config's `optimize` section)."""
+
+    C: int
+    layers: int
+    num_classes: int = 10
+    stem_multiplier: int = 3
+    auxiliary: bool = False
+    aux_weight: float = 0.4
+    drop_path: float = 0.0
+    depthwise_impl: str = 'conv'
+    epochs: int = 1
+    batch_size: int = 96
+    eval_batch_size: int = 256
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    cutout: int = 16
+
+    @classmethod
+    def from_config(cls, c: ml_collections.ConfigDict, num_classes: int) -> 'FixedTrainConfig':
+        o = c.optimize
+        return cls(C=o.C or c.model.C, layers=o.layers or c.model.layers, num_classes=num_classes,
+                   stem_multiplier=c.model.stem_multiplier, auxiliary=o.auxiliary, aux_weight=o.aux_weight,
+                   drop_path=o.drop_path, depthwise_impl=o.depthwise_impl, epochs=o.epochs,
+                   batch_size=o.batch_size, eval_batch_size=c.data.eval_batch_size, lr=o.lr, lr_min=o.lr_min,
+                   momentum=o.momentum, weight_decay=o.weight_decay, grad_clip=o.grad_clip, cutout=o.cutout)
+
+    def model(self, genotype: Genotype, drop_path: float | None = None,
+              depthwise_impl: str | None = None) -> FixedNetwork:
+        return FixedNetwork(genotype, C=self.C, layers=self.layers, num_classes=self.num_classes,
+                            stem_multiplier=self.stem_multiplier, auxiliary=self.auxiliary,
+                            drop_path_rate=self.drop_path if drop_path is None else drop_path,
+                            depthwise_impl=depthwise_impl or self.depthwise_impl)
+
+
+def check_auxiliary(cfg: FixedTrainConfig, image_size: int) -> None:
+    """DARTS' auxiliary head pools a feature map of >= 8x8 (image/4): CIFAR-sized inputs only."""
+    if cfg.auxiliary and image_size // 4 < 8:
+        raise config_lib.ConfigError(
+            f'config.optimize.auxiliary=True needs data.image_size >= 32 (the head pools the image/4 '
+            f'feature map with a 5x5 window), got {image_size}; set config.optimize.auxiliary=False')
+
+
+def init_variables(model: FixedNetwork, key, image_size: int) -> dict:
+    """Train-mode init so that the auxiliary head's parameters exist too."""
+    x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+    return model.init({'params': key, 'dropout': key}, x, train=True)
+
+
+def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfig,
+                phase: str = 'optimize') -> tuple[FixedNetwork, TrainState, dict]:
+    """Trains a freshly initialised FixedNetwork(genotype) on ctx.train_split, evaluating on
+    ctx.eval_split after every epoch; one metrics line per epoch. Returns (model, state, last record)."""
+    size = int(ctx.train_split.images.shape[1])
+    check_auxiliary(cfg, size)
+    model = cfg.model(genotype)
+    n_batches = ctx.train_split.num_batches(cfg.batch_size)
+    wcfg = WeightOptConfig(lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           grad_clip=cfg.grad_clip)
+    weight_tx = weight_transform(wcfg, max(cfg.epochs * n_batches, 1))
+    variables = jax.jit(lambda k: init_variables(model, k, size))(ctx.keys['optimize_init'])
+    params = {'weights': variables['params'], 'arch': {}}
+    state = create_train_state({'params': params, 'batch_stats': variables.get('batch_stats', {})},
+                               weight_tx, arch_transform(config_lib.arch_opt_config(ctx.config)))
+    steps = make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight)
+    n_params = count_params(params['weights'])
+    record: dict = {}
+    for epoch in range(cfg.epochs):
+        data_key = jax.random.fold_in(ctx.keys['data_optimize'], int(state.step))
+        state, train_m, ips, first_s = phases._run_epoch(
+            ctx, steps, state, ctx.train_split.epoch_batches(data_key, cfg.batch_size), n_batches,
+            f'{phase} {epoch + 1}/{cfg.epochs}', ctx.keys['optimize'])
+        record = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
+                  'first_step_s': first_s, 'params': n_params, **train_m,
+                  **phases.evaluate(steps, state, ctx.eval_split, cfg.eval_batch_size)}
+        phases._check_finite(phase, epoch, record)
+        ctx.writer.write(record)
+        print(f"[{phase} {epoch + 1}/{cfg.epochs}] loss {record['loss']:.3f} acc {record['acc']:.3f} "
+              f"val_acc {record['val_acc']:.3f} {ips:.1f} img/s", flush=True)
+    return model, state, record
+
+
+def state_variables(state: TrainState) -> dict:
+    """The FixedNetwork variables held by a TrainState."""
+    return {'params': state.params['weights'], 'batch_stats': state.batch_stats}
+
+
+def export(path: str, genotype: Genotype, cfg: FixedTrainConfig, variables: dict, image_size: int) -> str:
+    """One orbax checkpoint: the trained variables and, as JSON, the genotype and network settings."""
+    path = os.path.abspath(path)
+    meta = {'format': EXPORT_FORMAT, 'genotype': genotype.to_dict(), 'image_size': image_size,
+            'network': {'C': cfg.C, 'layers': cfg.layers, 'num_classes': cfg.num_classes,
+                        'stem_multiplier': cfg.stem_multiplier, 'auxiliary': cfg.auxiliary}}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(path, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
+    return path
+
+
+def load_exported(path: str, depthwise_impl: str = 'conv') -> tuple[FixedNetwork, dict, Genotype]:
+    """Restores an `export`ed network: (model for inference, variables, genotype).
+
+    `model.apply(variables, x, train=False)` returns (logits, None)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'no exported network at {path}')
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        meta = ckptr.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+        if meta.get('format') != EXPORT_FORMAT:
+            raise ValueError(f'{path}: export format {meta.get("format")!r}, expected {EXPORT_FORMAT}')
+        genotype = Genotype.from_dict(meta['genotype'])
+        model = FixedNetwork(genotype, **meta['network'], depthwise_impl=depthwise_impl)
+        # shapes depend on the image size only through the auxiliary head's classifier
+        abstract = jax.eval_shape(lambda k: init_variables(model, k, meta['image_size']), jax.random.key(0))
+        variables = ckptr.restore(path, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(abstract)))['variables']
+    return model, variables, genotype
+
+
+def run_evaluation(c: ml_collections.ConfigDict, genotype_arg: str, workdir: str) -> dict:
+    """Loads the genotype and data, trains from scratch, writes metrics, summary, pictures and the export."""
+    genotype = load_genotype(genotype_arg)  # a bad argument fails before anything is loaded
+    config_lib.validate(c)
+    cfg = FixedTrainConfig.from_config(c, data_lib.DATASETS[c.data.dataset])
+    check_auxiliary(cfg, c.data.image_size)
+    ds = data_lib.load(c.data)
+    if len(ds.test_labels) == 0:
+        raise data_lib.DataError('the evaluation split is empty')
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(c.to_json_best_effort(indent=1))
+    monitor.save_genotype(os.path.join(workdir, 'genotype.json'), genotype, source=genotype_arg)
+    visualize.save_genotype_pictures(genotype, workdir, title=os.path.basename(genotype_arg)[:60])
+    cost = complexity.fixed_network_complexity(genotype, cfg.C, cfg.layers, cfg.num_classes,
+                                               c.data.image_size, cfg.stem_multiplier, cfg.auxiliary)
+    print(f'{genotype}\nparams {cost["params"] / 1e6:.3f}M (+{cost["params_aux"] / 1e6:.3f}M auxiliary head), '
+          f'{cost["macs"] / 1e6:.1f}M MACs at {c.data.image_size}x{c.data.image_size}', flush=True)
+    t_start = time.time()
+    train = data_lib.DeviceSplit.from_numpy(ds.train_images, ds.train_labels)
+    test = data_lib.DeviceSplit.from_numpy(ds.test_images, ds.test_labels)
+    ctx = phases.RunContext(c, workdir, train, train, train, test, phases.key_streams(c.seed),
+                            monitor.MetricsWriter(workdir))
+    _, state, final = train_fixed(ctx, genotype, cfg, phase='evaluate')
+    export_path = export(os.path.join(workdir, 'export'), genotype, cfg, state_variables(state),
+                         c.data.image_size)
+    summary = {'genotype': str(genotype), 'genotype_arg': genotype_arg,
+               'test_acc': final.get('val_acc', float('nan')), 'test_loss': final.get('val_loss', float('nan')),
+               'epochs': cfg.epochs, 'image_size': c.data.image_size, **cost,
+               'train_s': time.time() - t_start, 'export': export_path}
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(monitor._plain(summary), f, indent=1)
+    print(f"test accuracy {summary['test_acc']:.4f} after {cfg.epochs} epochs ({summary['train_s']:.0f}s); "
+          f'exported to {export_path}', flush=True)
+    return summary
+
+
+def _define_flags() -> dict:
+    """CLI flags, defined only when run as a program: phases imports this module inside a run of
+    asose_jax.train, which defines its own --config/--workdir."""
+    return {
+        'config': config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/eval_cifar10.py:smoke.',
+                                                  lock_config=True),
+        'genotype': flags.DEFINE_string('genotype', None, 'A published name (e.g. DARTS_V2), a genotype JSON file '
+                                        "(a search workdir's genotype.json) or a Genotype(...) string."),
+        'workdir': flags.DEFINE_string('workdir', None, 'Output folder.'),
+    }
+
+
+def main(flag_values: dict) -> None:
+    c, genotype, workdir = (flag_values[k].value for k in ('config', 'genotype', 'workdir'))
+    if c is None or not workdir or not genotype:
+        raise app.UsageError('--config, --genotype and --workdir are required')
+    cache = os.environ.get('ASOSE_JAX_CACHE', os.path.expanduser('~/.cache/asose_jax/xla'))
+    jax.config.update('jax_compilation_cache_dir', cache)  # as asose_jax.train.enable_compilation_cache
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    run_evaluation(c, genotype, workdir)
+
+
+if __name__ == '__main__':
+    _flags = _define_flags()
+    app.run(lambda argv: main(_flags))
