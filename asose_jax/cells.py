@@ -29,9 +29,10 @@ class MixedOp(nn.Module):
                             depthwise_impl=self.depthwise_impl, name=p) for p in self.primitives]
 
     def __call__(self, x, w, train: bool, single_path: bool = False):
+        # .astype: keep a bf16 compute dtype (DARTS' avg pool divides by fp32 counts)
         if not single_path:
-            return sum(w[k] * op(x, train) for k, op in enumerate(self.ops))
-        branches = [lambda mdl, x, k=k: mdl.ops[k](x, train) for k in range(len(self.ops))]
+            return sum(w[k] * op(x, train).astype(x.dtype) for k, op in enumerate(self.ops))
+        branches = [lambda mdl, x, k=k: mdl.ops[k](x, train).astype(x.dtype) for k in range(len(self.ops))]
         if self.is_initializing():
             for branch in branches:  # create every op's variables
                 branch(self, x)
