@@ -84,7 +84,7 @@ def test_each_member_equals_its_own_run(ran):
     vs = sweep.vmapped_steps(spec, scfg, wtx, sweep.arch_transform_injected(acfg))
     b = {'image': splits['weights'].images[:8], 'label': splits['weights'].labels[:8]}
     first = jax.tree_util.tree_map(lambda x: x[0], states)  # before the donating steps
-    arch0 = first.params['arch']['reduce']
+    arch0 = np.asarray(first.params['arch']['reduce'])  # host copy: the plain step donates `first`
     stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), b)
     step_keys = jnp.stack([keys[1], keys[1]])
     v, _ = vs.weight_step(states, stacked, step_keys)
