@@ -36,10 +36,11 @@ class MixedOp(nn.Module):
 
     def _op(self, k: int, x, train: bool):
         p = self.primitives[k]
-        y = self.ops[k](x, train)
+        y = self.ops[k](x, train).astype(x.dtype)
         return y * self.gates[p] if p in self.gates else y
 
     def __call__(self, x, w, train: bool, single_path: bool = False):
+        # .astype: keep a bf16 compute dtype (DARTS' avg pool divides by fp32 counts)
         if not single_path:
             out = sum(w[k] * self._op(k, x, train) for k in range(len(self.ops)))
         else:

@@ -10,7 +10,7 @@ from asose_jax.gumbel import SCHEDULES
 from asose_jax.ops import DEPTHWISE_IMPLS
 from asose_jax.optim import ArchOptConfig, WeightOptConfig
 from asose_jax.spec import NetworkSpec
-from asose_jax.steps import SearchStepConfig
+from asose_jax.steps import COMPUTE_DTYPES, SearchStepConfig
 
 EVAL_MODES = ('softmax', 'argmax')
 
@@ -33,7 +33,9 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         eval_batch_size=256,
     )
     c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
-                   primitives=list(PRIMITIVES), depthwise_impl='conv')
+                   primitives=list(PRIMITIVES), depthwise_impl='conv',
+                   compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
+                   remat=False)              # recompute cell activations in the backward pass
     c.search = dict(
         batch_size=64,
         warmup_epochs=10,
@@ -70,6 +72,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         rollback_patience=2,      # epochs after a growth before comparing val_acc with the pre-growth value
         rollback_margin=0.02,     # roll back when val_acc fell by more than this (a fraction)
     )
+    c.parallel = dict(data_parallel=False)  # True: batch sharded over all local devices, state replicated
+    c.sweep = dict(seeds=1, arch_lrs='')     # asose_jax.sweep: seeds per lr; lrs comma-separated, '' = arch_optim.lr
     c.progress = True
     return c
 
@@ -132,6 +136,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(any(p != 'none' for p in m.primitives), 'model.primitives', list(m.primitives),
            "at least one op other than 'none' (derive picks the strongest non-none op)")
     _check(m.depthwise_impl in DEPTHWISE_IMPLS, 'model.depthwise_impl', m.depthwise_impl, str(DEPTHWISE_IMPLS))
+    _check(m.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype', m.compute_dtype, str(COMPUTE_DTYPES))
+    _check(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
+    _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
+           'True (shard the batch over all local devices) or False')
+    _check(isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1, 'sweep.seeds', c.sweep.seeds, 'an integer >= 1')
     _check(o.depthwise_impl in DEPTHWISE_IMPLS, 'optimize.depthwise_impl', o.depthwise_impl, str(DEPTHWISE_IMPLS))
     _check(s.batch_size >= 1, 'search.batch_size', s.batch_size, 'an integer >= 1')
     for f in ('warmup_epochs', 'search_epochs'):
@@ -204,7 +213,8 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, tau_steps: int)
         sampling='uniform' if phase == 'warmup' else 'gumbel', hard=s.hard, single_path=s.single_path,
         tau_max=s.tau_max, tau_min=s.tau_min, tau_schedule=s.tau_schedule, tau_steps=tau_steps,
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
-        unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl)
+        unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl,
+        compute_dtype=c.model.compute_dtype, remat=c.model.remat)
 
 
 def weight_opt_config(c: ml_collections.ConfigDict) -> WeightOptConfig:

@@ -46,15 +46,18 @@ class SearchNetwork(nn.Module):
 
     spec: NetworkSpec
     depthwise_impl: str = 'conv'
+    remat: bool = False  # recompute each cell's activations in the backward pass (memory for time)
 
     @nn.compact
     def __call__(self, x, edge_weights, train: bool = True, single_path: bool = False):
         spec = self.spec
+        # static_argnums count `self` as 0: (train, single_path) of SearchCell.__call__
+        cell_cls = nn.remat(SearchCell, static_argnums=(4, 5)) if self.remat else SearchCell
         s0 = s1 = stem(spec.stem_C, x, train)
         level0 = level1 = 0  # how many reductions each of (c_{k-2}, c_{k-1}) has been through
         for i, cell in enumerate(spec.cells):
-            out = SearchCell(cell.C, cell.reduction, level0 != level1, spec.primitives, spec.steps,
-                             spec.multiplier, self.depthwise_impl, spec.branch_ops, spec.drop_path, name=f'cell{i}')(
+            out = cell_cls(cell.C, cell.reduction, level0 != level1, spec.primitives, spec.steps,
+                           spec.multiplier, self.depthwise_impl, spec.branch_ops, spec.drop_path, name=f'cell{i}')(
                 s0, s1, edge_weights['reduce' if cell.reduction else 'normal'], train, single_path)
             if cell.attention:
                 out = SqueezeExcite(cell.attention, name=f'cell{i}_se')(out)

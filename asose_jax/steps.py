@@ -42,6 +42,16 @@ class SearchStepConfig:
     unrolled_wd: float = 3e-4
     eval_mode: str = 'argmax'
     depthwise_impl: str = 'conv'
+    compute_dtype: str = 'float32'  # 'bfloat16': params, edge weights, activations cast inside the step
+    remat: bool = False             # nn.remat per cell
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def cast_floating(tree, dtype):
+    """Casts the floating leaves of `tree` (fp32 master copies stay outside; grads flow back in fp32)."""
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +60,7 @@ class Steps:
     arch_step: Callable | None
     eval_step: Callable
     traces: dict  # python-side trace counters, to prove one compile per phase
+    eval_jit: Callable | None = None  # the jitted (state, batch) -> metrics inside eval_step (parallel.py re-jits it)
 
 
 def cross_entropy(logits, labels, mask=None):
@@ -88,14 +99,20 @@ def _counted(fn, traces: dict, name: str):
 def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax.GradientTransformation,
                       arch_tx: optax.GradientTransformation | None) -> Steps:
     """Builds the jitted weight/arch/eval steps of the search network for one phase."""
-    model = SearchNetwork(spec, cfg.depthwise_impl)
+    if cfg.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f'compute_dtype {cfg.compute_dtype!r}; allowed: {COMPUTE_DTYPES}')
+    model = SearchNetwork(spec, cfg.depthwise_impl, remat=cfg.remat)
     single_path_eval = cfg.eval_mode == 'argmax'
     stochastic = spec.dropout > 0 or spec.drop_path > 0  # growth's regularise turns these on
+    dtype = jnp.dtype(cfg.compute_dtype)
 
     def batch_loss(weights, batch_stats, ew, x, y, drop_key):
+        if dtype != jnp.float32:  # BN statistics stay fp32 (batch_stats are not cast)
+            weights, ew, x = cast_floating((weights, ew, x), dtype)
         logits, upd = model.apply({'params': weights, 'batch_stats': batch_stats}, x, ew, train=True,
                                   single_path=cfg.single_path, mutable=['batch_stats'],
                                   rngs={'dropout': drop_key} if stochastic else None)
+        logits = logits.astype(jnp.float32)
         loss, acc = cross_entropy(logits, y)
         return loss, (acc, upd['batch_stats'])
 
@@ -152,7 +169,7 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
         arch_step=jax.jit(_counted(arch_step, traces, 'arch_step'), donate_argnums=0) if arch_tx else None,
         eval_step=lambda state, batch, key=None: (state, jit_eval(state, batch)),
-        traces=traces)
+        traces=traces, eval_jit=jit_eval)
 
 
 def make_fixed_steps(model: FixedNetwork, weight_tx: optax.GradientTransformation, cutout: int,
@@ -186,4 +203,4 @@ def make_fixed_steps(model: FixedNetwork, weight_tx: optax.GradientTransformatio
     jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))
     return Steps(weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
                  arch_step=None, eval_step=lambda state, batch, key=None: (state, jit_eval(state, batch)),
-                 traces=traces)
+                 traces=traces, eval_jit=jit_eval)

@@ -1,0 +1,207 @@
+"""N searches in one compiled program: `vmap` over train states, PRNG streams and the arch learning rate.
+
+    python -m asose_jax.sweep --config configs/cifar10.py:smoke --config.sweep.seeds=4 \
+        --config.sweep.arch_lrs=3e-3,1e-3 --workdir runs/sweep
+
+Runs the fixed-structure phases (warmup + search) of `len(arch_lrs) * seeds` members, seeds
+`config.seed + i`, and writes `sweep_summary.json`: each member's genotype and validation accuracy,
+and how many members agree with the most common genotype. Every step is traced and compiled once
+for all members (the cost of one program, not N).
+
+Under `vmap` a `lax.switch` turns into a select that evaluates every branch, so the sweep always
+runs the mixture path (`single_path=False`: the hard straight-through or soft weights multiply
+every op); the single-path speed-up does not carry over (see bench/bench_sweep.py).
+The arch learning rate is a vmapped hyper-parameter: the Adam of `optim.arch_transform` wrapped in
+`optax.inject_hyperparams`, so the rate lives in each member's optimizer state.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags
+
+from asose_jax import config as config_lib
+from asose_jax import phases
+from asose_jax.train import enable_compilation_cache, load_splits  # also defines --config / --workdir
+from asose_jax.data import DeviceSplit
+from asose_jax.genotype import derive
+from asose_jax.network import init_search_variables
+from asose_jax.optim import ArchOptConfig, labels, weight_transform
+from asose_jax.spec import NetworkSpec
+from asose_jax.steps import SearchStepConfig, make_search_steps
+from asose_jax.train_state import TrainState
+
+
+def arch_lrs(c: ml_collections.ConfigDict) -> list[float]:
+    """The arch learning rates of the sweep: `sweep.arch_lrs` ('3e-3,1e-3'), '' = arch_optim.lr."""
+    text = str(c.sweep.arch_lrs).strip()
+    if not text:
+        return [float(c.arch_optim.lr)]
+    try:
+        lrs = [float(t) for t in text.strip('()[]').split(',') if t.strip()]
+    except ValueError as e:
+        raise config_lib.ConfigError(f'config.sweep.arch_lrs={text!r} is invalid; allowed: comma-separated '
+                                     'positive numbers, e.g. 3e-3,1e-3') from e
+    if not lrs or any(lr <= 0 for lr in lrs):
+        raise config_lib.ConfigError(f'config.sweep.arch_lrs={text!r} is invalid; allowed: comma-separated '
+                                     'positive numbers, e.g. 3e-3,1e-3')
+    return lrs
+
+
+def members(c: ml_collections.ConfigDict) -> list[tuple[int, float]]:
+    """(seed, arch_lr) of every member: each lr with seeds config.seed .. config.seed + sweep.seeds - 1."""
+    return [(c.seed + i, lr) for lr in arch_lrs(c) for i in range(c.sweep.seeds)]
+
+
+def arch_transform_injected(cfg: ArchOptConfig, lr=None) -> optax.GradientTransformation:
+    """`optim.arch_transform` with the Adam learning rate stored in the state (vmappable)."""
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=cfg.lr if lr is None else lr,
+                                                b1=cfg.b1, b2=cfg.b2, eps=1e-8)
+    chain = optax.chain(optax.add_decayed_weights(cfg.weight_decay), adam)
+    return optax.multi_transform({'weights': optax.set_to_zero(), 'arch': chain}, labels)
+
+
+def init_states(spec: NetworkSpec, init_keys, lrs, image_size: int, weight_tx, arch_cfg: ArchOptConfig,
+                depthwise_impl: str = 'conv') -> TrainState:
+    """A TrainState with a leading member axis: member i initialised from init_keys[i], arch lr lrs[i]."""
+
+    def one(key, lr):
+        v = init_search_variables(spec, key, image_size, depthwise_impl)
+        params = v['params']
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=v['batch_stats'],
+                          weight_opt_state=weight_tx.init(params),
+                          arch_opt_state=arch_transform_injected(arch_cfg, lr).init(params))
+
+    return jax.vmap(one)(init_keys, jnp.asarray(lrs, jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class VmappedSteps:
+    weight_step: object   # (states[N], batches[N], keys[N]) -> (states, metrics[N])
+    arch_step: object
+    eval_step: object     # (states[N], shared batch) -> metrics[N]
+
+
+def vmapped_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx, arch_tx) -> VmappedSteps:
+    """The search steps vmapped over members (forced onto the mixture path, see the module doc)."""
+    steps = make_search_steps(spec, dataclasses.replace(cfg, single_path=False), weight_tx, arch_tx)
+    return VmappedSteps(
+        weight_step=jax.jit(jax.vmap(steps.weight_step.__wrapped__), donate_argnums=0),
+        arch_step=jax.jit(jax.vmap(steps.arch_step.__wrapped__), donate_argnums=0) if arch_tx else None,
+        eval_step=jax.jit(jax.vmap(steps.eval_jit.__wrapped__, in_axes=(0, None))))
+
+
+def _orders(split: DeviceSplit, keys, batch_size: int):
+    """[N, batches, batch_size] shuffled indices, one permutation per member key."""
+    n = split.num_batches(batch_size)
+    return jax.vmap(lambda k: jax.random.permutation(k, len(split))[: n * batch_size].reshape(n, batch_size))(keys)
+
+
+def _batch(split: DeviceSplit, idx) -> dict:
+    return {'image': split.images[idx], 'label': split.labels[idx]}
+
+
+def _evaluate(ve, state, split: DeviceSplit, batch_size: int) -> dict:
+    total, loss, acc = 0.0, 0.0, 0.0
+    for batch in split.eval_batches(batch_size):
+        m = jax.device_get(ve(state, batch))
+        total = total + m['count']
+        loss = loss + m['loss'] * m['count']
+        acc = acc + m['acc'] * m['count']
+    return {'val_loss': loss / np.maximum(total, 1.0), 'val_acc': acc / np.maximum(total, 1.0)}
+
+
+def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) -> dict:
+    """Warmup + search for every member at once; writes and returns the sweep summary."""
+    config_lib.validate(c)
+    mem = members(c)
+    splits = splits or load_splits(c)
+    os.makedirs(workdir, exist_ok=True)
+    t_start = time.time()
+    spec = config_lib.network_spec(c)
+    streams = [phases.key_streams(seed) for seed, _ in mem]
+    keys = {name: jnp.stack([s[name] for s in streams]) for name in phases.STREAMS}
+    bs = c.search.batch_size
+    n_batches = splits['weights'].num_batches(bs)
+    total = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
+    weight_tx = weight_transform(config_lib.weight_opt_config(c), total)
+    arch_cfg = config_lib.arch_opt_config(c)
+    state = init_states(spec, keys['init'], [lr for _, lr in mem], splits['train'].images.shape[1], weight_tx,
+                        arch_cfg, c.model.depthwise_impl)
+    history, images, timed_s, first_s = [], 0, 0.0, {}
+    arch_epoch = 0
+    arch_orders, arch_pos, vs = None, 0, None
+    for phase, epochs in (('warmup', c.search.warmup_epochs), ('search', c.search.search_epochs)):
+        if not epochs:
+            continue
+        scfg = config_lib.search_step_config(c, phase, max(c.search.search_epochs * n_batches, 1))
+        vs = vmapped_steps(spec, scfg, weight_tx, arch_transform_injected(arch_cfg) if phase == 'search' else None)
+        for epoch in range(epochs):
+            order = _orders(splits['weights'], jax.vmap(jax.random.fold_in, (0, None))(keys['data_weights'],
+                                                                                      int(state.step[0])), bs)
+            t0 = time.time()
+            for i in range(n_batches):
+                state, m = vs.weight_step(state, _batch(splits['weights'], order[:, i]), keys['weight'])
+                if vs.arch_step is not None and (i + 1) % c.search.arch_every == 0:
+                    if arch_orders is None or arch_pos == arch_orders.shape[1]:
+                        arch_orders, arch_pos = _orders(splits['arch'], jax.vmap(jax.random.fold_in, (0, None))(
+                            keys['data_arch'], arch_epoch), bs), 0
+                        arch_epoch += 1
+                    state, _ = vs.arch_step(state, _batch(splits['arch'], arch_orders[:, arch_pos]), keys['arch'])
+                    arch_pos += 1
+                if i == 0:
+                    jax.block_until_ready(state.step)
+                    first_s.setdefault(phase, time.time() - t0)
+                    t0 = time.time()
+                else:
+                    images += bs * len(mem)
+            jax.block_until_ready(state.step)
+            timed_s += time.time() - t0
+            ev = _evaluate(vs.eval_step, state, splits['eval'], c.data.eval_batch_size)
+            history.append({'phase': phase, 'epoch': epoch, 'loss': jax.device_get(m['loss']).tolist(),
+                            'val_acc': ev['val_acc'].tolist()})
+            print(f'[sweep {phase} {epoch + 1}/{epochs}] {len(mem)} members, val_acc '
+                  + ' '.join(f'{a:.3f}' for a in ev['val_acc']), flush=True)
+    if vs is None:
+        vs = vmapped_steps(spec, config_lib.search_step_config(c, 'search', 1), weight_tx, None)
+    ev = _evaluate(vs.eval_step, state, splits['eval'], c.data.eval_batch_size)
+    arch = jax.device_get(state.params['arch'])
+    genotypes = [str(derive(arch['normal'][i], arch['reduce'][i], spec.steps, spec.multiplier, spec.primitives))
+                 for i in range(len(mem))]
+    common, agree = collections.Counter(genotypes).most_common(1)[0]
+    summary = {
+        'members': [{'seed': s, 'arch_lr': lr, 'genotype': g, 'val_acc': float(a), 'val_loss': float(l)}
+                    for (s, lr), g, a, l in zip(mem, genotypes, ev['val_acc'], ev['val_loss'])],
+        'num_members': len(mem), 'most_common_genotype': common, 'agree_with_most_common': agree,
+        'agree_by_arch_lr': {str(lr): collections.Counter(g for (_, l), g in zip(mem, genotypes) if l == lr)
+                             .most_common(1)[0][1] for lr in arch_lrs(c)},
+        'images_per_sec_total': images / timed_s if timed_s > 0 and images else float('nan'),
+        'first_step_s': first_s, 'wall_s': time.time() - t_start, 'history': history,
+        'path': 'mixture (single_path=False under vmap)',
+    }
+    with open(os.path.join(workdir, 'sweep_summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    print(f'sweep done in {summary["wall_s"]:.0f}s: {agree}/{len(mem)} members agree on {common}', flush=True)
+    return summary
+
+
+def main(argv):
+    del argv
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir  # flags defined by asose_jax.train
+    if config is None or not workdir:
+        raise app.UsageError('--config and --workdir are required')
+    enable_compilation_cache()
+    run(config, workdir)
+
+
+if __name__ == '__main__':
+    app.run(main)

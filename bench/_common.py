@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: shapes, the machine line, JAX state/step construction, timing."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asose_jax.network import init_search_variables
+from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+from asose_jax.spec import NetworkSpec
+from asose_jax.steps import SearchStepConfig, make_search_steps
+from asose_jax.train_state import create_train_state
+
+# name: (C, cells, batch, image size)
+SHAPES = {
+    'tiny': (4, 3, 8, 8),       # CI / script validation only
+    'smoke': (4, 3, 32, 16),
+    'smoke32': (4, 3, 32, 32),
+    'darts': (16, 8, 64, 32),   # DARTS search shape
+}
+
+
+def shape_spec(name: str) -> tuple[NetworkSpec, int, int]:
+    if name not in SHAPES:
+        raise SystemExit(f'unknown shape {name!r}; allowed: {sorted(SHAPES)}')
+    C, layers, batch, size = SHAPES[name]
+    return NetworkSpec.darts(C=C, layers=layers), batch, size
+
+
+def machine() -> str:
+    cpu = platform.processor() or 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    dev = jax.devices()[0]
+    return (f'CPU: {cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {jax.default_backend()} '
+            f'({dev.device_kind}, {jax.device_count()} device(s))')
+
+
+def step_config(path: str, variant: str, depthwise: str) -> SearchStepConfig:
+    """path: soft (full mixture, soft Gumbel) | hard (single path, lax.switch) | hardmix (hard ST, mixture)."""
+    if path not in ('soft', 'hard', 'hardmix'):
+        raise SystemExit(f'unknown path {path!r}; allowed: soft, hard, hardmix')
+    if variant not in ('fp32', 'bf16', 'remat'):
+        raise SystemExit(f'unknown variant {variant!r}; allowed: fp32, bf16, remat')
+    return SearchStepConfig(sampling='gumbel', hard=path != 'soft', single_path=path == 'hard', tau_max=5.0,
+                            tau_min=1.0, tau_steps=1000, depthwise_impl=depthwise,
+                            compute_dtype='bfloat16' if variant == 'bf16' else 'float32', remat=variant == 'remat')
+
+
+def make_state(spec: NetworkSpec, size: int, seed: int = 0):
+    wtx, atx = weight_transform(WeightOptConfig(), 1000), arch_transform(ArchOptConfig())
+    variables = init_search_variables(spec, jax.random.key(seed), size)
+    return variables, wtx, atx, create_train_state(variables, wtx, atx)
+
+
+def batch(batch_size: int, size: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {'image': jnp.asarray(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8)),
+            'label': jnp.asarray(rng.integers(0, 10, batch_size).astype(np.int32))}
+
+
+@dataclasses.dataclass
+class Compiled:
+    fn: object
+    compile_s: float
+    temp_mb: float
+    total_mb: float
+
+
+def compile_step(jitted, *args) -> Compiled:
+    """AOT lower + compile, timed; memory from compiled.memory_analysis() (None on some backends)."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    temp = total = float('nan')
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        mb = 1 / 2 ** 20
+        temp = mem.temp_size_in_bytes * mb
+        total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                 - mem.alias_size_in_bytes) * mb
+    return Compiled(compiled, compile_s, temp, total)
+
+
+def search_step(spec, cfg, wtx, atx, which: str):
+    steps = make_search_steps(spec, cfg, wtx, atx)
+    return steps.weight_step if which == 'weight' else steps.arch_step
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float('nan')

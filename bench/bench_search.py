@@ -1,0 +1,78 @@
+"""A short timed DARTS-space search (C=16, 8 cells, batch 64) on synthetic CIFAR-shaped data split
+25k/25k, run through the real phase driver; the 50-epoch time is EXTRAPOLATED from the epochs run.
+
+    python bench/bench_search.py --epochs 2 [--single-path] [--out bench/RESULTS.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from asose_jax import config as config_lib  # noqa: E402
+from asose_jax import monitor, phases  # noqa: E402
+from asose_jax.network import init_search_variables  # noqa: E402
+from asose_jax.optim import arch_transform, weight_transform  # noqa: E402
+from asose_jax.train import load_splits  # noqa: E402
+from asose_jax.train_state import create_train_state  # noqa: E402
+from bench._common import machine  # noqa: E402
+from configs import cifar10  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument('--epochs', type=int, default=2)
+    p.add_argument('--train', type=int, default=50000)
+    p.add_argument('--mixture', action='store_true', help='soft mixture instead of hard single path')
+    p.add_argument('--depthwise', default='shift' if jax.default_backend() == 'cpu' else 'conv')
+    p.add_argument('--compute-dtype', default='float32')
+    p.add_argument('--out', default='')
+    args = p.parse_args()
+    c = cifar10.get_config()
+    c.data.source, c.data.synthetic_train, c.data.synthetic_test = 'synthetic', args.train, 2000
+    c.search.warmup_epochs, c.search.search_epochs = 0, 50
+    c.model.depthwise_impl, c.model.compute_dtype, c.progress = args.depthwise, args.compute_dtype, False
+    if args.mixture:
+        c.search.hard, c.search.single_path = False, False
+    config_lib.validate(c)
+    splits = load_splits(c)
+    workdir = tempfile.mkdtemp(prefix='bench_search_')
+    ctx = phases.RunContext(c, workdir, splits['weights'], splits['arch'], splits['train'], splits['eval'],
+                            phases.key_streams(0), monitor.MetricsWriter(workdir))
+    spec = config_lib.network_spec(c)
+    variables = init_search_variables(spec, ctx.keys['init'], 32, args.depthwise)
+    n = splits['weights'].num_batches(c.search.batch_size)
+    state = create_train_state(variables, weight_transform(config_lib.weight_opt_config(c), 50 * n),
+                               arch_transform(config_lib.arch_opt_config(c)))
+    t0 = time.time()
+    phases.search_phase(ctx, 'search', spec, state, args.epochs)
+    wall = time.time() - t0
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        recs = [json.loads(l) for l in f]
+    compile_s = recs[0]['first_step_s']
+    steady = [(wall - compile_s) / args.epochs]
+    per_epoch = steady[0]
+    text = '\n'.join([
+        f'### Timed DARTS-space search ({time.strftime("%Y-%m-%d %H:%M")})', '',
+        machine() + f"; C=16, 8 cells, batch 64, synthetic {len(splits['weights'])}/{len(splits['arch'])} split, "
+        f"{'soft mixture' if args.mixture else 'hard single path'}, depthwise {args.depthwise}, {args.compute_dtype}", '',
+        f'- ran {args.epochs} search epochs ({n} weight steps + {n} arch steps each, eval on 2,000 images) in '
+        f'{wall:.0f} s; first step (compile) {compile_s:.0f} s',
+        f"- weight-step throughput {recs[-1]['images_per_sec']:.0f} img/s (last epoch, arch steps interleaved)",
+        f'- **EXTRAPOLATED** 50-epoch search: {compile_s + 50 * per_epoch:.0f} s = {(compile_s + 50 * per_epoch) / 3600:.2f} h '
+        f'(compile + 50 x {per_epoch:.0f} s/epoch; not measured end to end)', ''])
+    print(text)
+    if args.out:
+        with open(args.out, 'a') as f:
+            f.write('\n' + text)
+
+
+if __name__ == '__main__':
+    main()
