@@ -276,7 +276,6 @@ def main(argv):
 
 if __name__ == '__main__':
     from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file('config', 'configs/cifar10.py:smoke', 'Config file.', lock_config=True)
+    from asose_jax import train as _train  # noqa: F401  defines --config (and --workdir, unused here)
     flags.DEFINE_integer('steps', 20, 'Iterations of (weight step, arch step).')
     app.run(main)
