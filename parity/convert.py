@@ -1,0 +1,169 @@
+"""Flax variables <-> torch state_dict of TorchSearchNetwork, both directions, checked against the spec.
+
+Module paths map one to one ('/' -> '.'), except the scanned edge stacks: Flax
+`cell{i}/input_edges/mixed/<op>/...` and `cell{i}/node_edges/mixed/<op>/...` hold one slice per edge
+along axis 0 in the order of `cells.input_edges` / `cells.node_edges`; torch has `cell{i}.edges.<d>.<op>...`
+with d the DARTS edge index. Leaves are renamed and re-laid-out by LEAF_TABLE.
+
+BatchNorm statistics are copied as they are: both frameworks normalise eval-mode inputs by the stored
+running variance, so equal stored values give equal eval outputs. The estimators differ only in the
+train-time update (Flax: biased batch variance; stock torch: unbiased), which TorchSearchNetwork's
+running_var='biased' mode reproduces; rescaling by n/(n-1) here would change eval logits instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch
+
+from asose_jax.cells import input_edges, node_edges
+from asose_jax.network import CELL_TYPES
+from asose_jax.spec import NetworkSpec
+from parity.torch_network import TorchSearchNetwork
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafRule:
+    collection: str  # 'params' or 'batch_stats'
+    flax_name: str
+    ndim: int
+    torch_name: str
+    to_torch: Callable[[np.ndarray], np.ndarray]
+    to_flax: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(a):
+    return a
+
+
+LEAF_TABLE: tuple[LeafRule, ...] = (
+    LeafRule('params', 'kernel', 4, 'weight', lambda a: a.transpose(3, 2, 0, 1), lambda a: a.transpose(2, 3, 1, 0)),
+    LeafRule('params', 'kernel', 2, 'weight', lambda a: a.T, lambda a: a.T),  # Dense (in, out) <-> Linear (out, in)
+    LeafRule('params', 'scale', 1, 'weight', _same, _same),                  # BN scale
+    LeafRule('params', 'bias', 1, 'bias', _same, _same),
+    LeafRule('batch_stats', 'mean', 1, 'running_mean', _same, _same),
+    LeafRule('batch_stats', 'var', 1, 'running_var', _same, _same),
+)
+EDGE_GROUPS = {'input_edges': input_edges, 'node_edges': node_edges}  # Flax scan name -> edge order
+ARCH_PREFIX = 'arch.'
+
+
+def _flatten(tree: dict, prefix: tuple = ()) -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) or hasattr(v, 'items'):
+            out.update(_flatten(dict(v), prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return tree
+
+
+def _rule(collection: str, name: str, ndim: int, where: str, by_torch: bool = False) -> LeafRule:
+    for r in LEAF_TABLE:
+        if r.collection == collection and (r.torch_name if by_torch else r.flax_name) == name and r.ndim == ndim:
+            return r
+    raise ValueError(f'{where}: no conversion rule for a {ndim}-d {collection} leaf {name!r}')
+
+
+def _reference(spec: NetworkSpec) -> dict:
+    return {k: v for k, v in TorchSearchNetwork(spec).state_dict().items()}
+
+
+def _check_keys(have: set, want: set, what: str):
+    missing, unexpected = sorted(want - have), sorted(have - want)
+    if missing or unexpected:
+        raise ValueError(f'{what}: missing keys {missing[:8]}{"..." if len(missing) > 8 else ""}, '
+                         f'unexpected keys {unexpected[:8]}{"..." if len(unexpected) > 8 else ""}')
+
+
+def flax_to_torch(spec: NetworkSpec, variables: dict) -> dict:
+    """{'params': {'weights', 'arch'?}, 'batch_stats'} -> state_dict of TorchSearchNetwork(spec)."""
+    ref = _reference(spec)
+    params = variables['params']
+    weights = params['weights'] if 'weights' in params else params
+    sd = {}
+    flat = {('params',) + p: v for p, v in _flatten(weights).items()}
+    flat.update({('batch_stats',) + p: v for p, v in _flatten(variables.get('batch_stats', {})).items()})
+    for path, value in flat.items():
+        where = '/'.join(path)
+        collection, modules, leaf = path[0], list(path[1:-1]), path[-1]
+        a = np.asarray(value)
+        group = next((g for g in EDGE_GROUPS if g in modules), None)
+        if group is None:
+            r = _rule(collection, leaf, a.ndim, where)
+            sd['.'.join(modules + [r.torch_name])] = r.to_torch(a)
+            continue
+        at = modules.index(group)
+        if modules[at + 1:at + 2] != ['mixed']:
+            raise ValueError(f'{where}: expected {group}/mixed/...')
+        order = EDGE_GROUPS[group](spec.steps)
+        if a.shape[:1] != (len(order),):
+            raise ValueError(f'{where}: leading edge axis {a.shape[:1]}, expected ({len(order)},) edges')
+        r = _rule(collection, leaf, a.ndim - 1, where)
+        for j, (d, _, _) in enumerate(order):
+            sd['.'.join(modules[:at] + ['edges', str(d)] + modules[at + 2:] + [r.torch_name])] = r.to_torch(a[j])
+    if 'arch' in params:
+        for t in CELL_TYPES:
+            sd[ARCH_PREFIX + t] = np.asarray(params['arch'][t])
+    else:
+        ref = {k: v for k, v in ref.items() if not k.startswith(ARCH_PREFIX)}
+    for k, v in ref.items():  # torch-only buffers
+        if k.endswith('num_batches_tracked'):
+            sd[k] = v
+    _check_keys(set(sd), set(ref), 'flax_to_torch')
+    out = {}
+    for k, v in sd.items():
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, dtype=np.float32))
+        if tuple(t.shape) != tuple(ref[k].shape):
+            raise ValueError(f'flax_to_torch: shape mismatch at {k}: got {tuple(t.shape)}, '
+                             f'spec expects {tuple(ref[k].shape)}')
+        out[k] = t
+    return out
+
+
+def torch_to_flax(spec: NetworkSpec, state_dict: dict) -> dict:
+    """state_dict of TorchSearchNetwork(spec) -> {'params': {'weights', 'arch'?}, 'batch_stats'}."""
+    ref = _reference(spec)
+    sd = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
+    if not any(k.startswith(ARCH_PREFIX) for k in sd):
+        ref = {k: v for k, v in ref.items() if not k.startswith(ARCH_PREFIX)}
+    _check_keys(set(sd), {k for k in ref if not k.endswith('num_batches_tracked')}, 'torch_to_flax')
+    groups = {g: {d: j for j, (d, _, _) in enumerate(f(spec.steps))} for g, f in EDGE_GROUPS.items()}
+    flat, stacks, arch = {}, {}, {}
+    for k, v in sd.items():
+        a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        if a.shape != tuple(ref[k].shape):
+            raise ValueError(f'torch_to_flax: shape mismatch at {k}: got {a.shape}, spec expects {tuple(ref[k].shape)}')
+        if k.startswith(ARCH_PREFIX):
+            arch[k[len(ARCH_PREFIX):]] = a
+            continue
+        parts = k.split('.')
+        collection = 'batch_stats' if parts[-1].startswith('running_') else 'params'
+        r = _rule(collection, parts[-1], a.ndim, k, by_torch=True)
+        if 'edges' not in parts:
+            flat[(collection,) + tuple(parts[:-1]) + (r.flax_name,)] = r.to_flax(a)
+            continue
+        at = parts.index('edges')
+        d = int(parts[at + 1])
+        group = next(g for g, idx in groups.items() if d in idx)
+        path = (collection,) + tuple(parts[:at]) + (group, 'mixed') + tuple(parts[at + 2:-1]) + (r.flax_name,)
+        stacks.setdefault(path, {})[groups[group][d]] = r.to_flax(a)
+    for path, slices in stacks.items():
+        flat[path] = np.stack([slices[j] for j in range(len(slices))])
+    tree = _unflatten(flat)
+    params = {'weights': tree.get('params', {})}
+    if arch:
+        params['arch'] = arch
+    return {'params': params, 'batch_stats': tree.get('batch_stats', {})}

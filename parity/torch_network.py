@@ -1,0 +1,112 @@
+"""The search network in PyTorch (NCHW): asose_jax.network.SearchNetwork's twin.
+
+It takes the edge weights as input and never samples noise. Modules are named after the Flax
+module paths (`cell{i}`, `pre0`, `stem_conv`, ...); the scanned Flax edges become `cell{i}.edges.{d}`
+with d the DARTS edge index, so convert.py needs only a short rename table. The arch logits live in
+`arch.normal` / `arch.reduce` (like DARTS' alphas) so that a state_dict carries the whole search state;
+the forward pass does not read them.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from asose_jax.cells import input_edges, node_edges
+from asose_jax.network import CELL_TYPES
+from asose_jax.spec import NetworkSpec
+from parity.torch_ops import RUNNING_VAR_MODES, BatchNorm, FactorizedReduce, ReLUConvBN, conv, make_op
+
+
+class MixedOp(nn.Module):
+    """sum_k w_k * op_k(x); single_path evaluates only op argmax(w), times w[argmax] (as cells.MixedOp),
+    so straight-through gradients reach every logit of the edge."""
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str]):
+        super().__init__()
+        self.primitives = tuple(primitives)
+        for p in self.primitives:  # registered by name, so keys read edges.<d>.<op>... like Flax's mixed/<op>
+            self.add_module(p, make_op(p, C, stride, affine=False, search=True))
+
+    def forward(self, x, w, single_path: bool = False):
+        ops = [getattr(self, p) for p in self.primitives]
+        if not single_path:
+            return sum(w[k] * op(x) for k, op in enumerate(ops))
+        k = int(torch.argmax(w))
+        return ops[k](x) * w[k]
+
+
+class SearchCell(nn.Module):
+    """`steps` nodes, node i = sum over earlier states j of edge (offset_i + j), DARTS order."""
+
+    def __init__(self, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool,
+                 primitives: Sequence[str], steps: int, multiplier: int):
+        super().__init__()
+        self.steps, self.multiplier = steps, multiplier
+        self.pre0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
+                     else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        edges = {d: MixedOp(C, 2 if reduction else 1, primitives) for d, _, _ in input_edges(steps)}
+        edges.update({d: MixedOp(C, 1, primitives) for d, _, _ in node_edges(steps)})
+        self.edges = nn.ModuleDict({str(d): edges[d] for d in sorted(edges)})
+
+    def forward(self, s0, s1, weights, single_path: bool = False):
+        states, offset = [self.pre0(s0), self.pre1(s1)], 0
+        for _ in range(self.steps):
+            s = sum(self.edges[str(offset + j)](h, weights[offset + j], single_path) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class TorchSearchNetwork(nn.Module):
+    """Stem, the cells of `spec` (residual cells through a zero-init BN gate), GAP, linear classifier.
+
+    running_var: 'biased' updates BN running variances as Flax does (default, for parity of batch
+    statistics); 'unbiased' is stock torch.nn.BatchNorm2d. Train/eval via .train()/.eval().
+    """
+
+    def __init__(self, spec: NetworkSpec, running_var: str = 'biased'):
+        super().__init__()
+        if running_var not in RUNNING_VAR_MODES:
+            raise ValueError(f'running_var={running_var!r}; allowed: {RUNNING_VAR_MODES}')
+        self.spec = spec
+        self.stem_conv = conv(3, spec.stem_C, 3, 1, 1)
+        self.stem_bn = BatchNorm(spec.stem_C, affine=True)
+        c0 = c1 = spec.stem_C
+        level0 = level1 = 0
+        for i, cell in enumerate(spec.cells):
+            self.add_module(f'cell{i}', SearchCell(c0, c1, cell.C, cell.reduction, level0 != level1,
+                                                   spec.primitives, spec.steps, spec.multiplier))
+            c_out = spec.multiplier * cell.C
+            if cell.residual:
+                if c_out != c1:
+                    raise ValueError(f'cell {i}: residual cell outputs {c_out} channels, its input has {c1}')
+                self.add_module(f'cell{i}_gate', BatchNorm(c_out, affine=True, zero_init=True))
+            else:
+                c0, c1, level0, level1 = c1, c_out, level1, level1 + int(cell.reduction)
+        self.classifier = nn.Linear(c1, spec.num_classes)
+        self.arch = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(spec.num_edges, spec.num_ops))
+                                      for t in CELL_TYPES})
+        for m in self.modules():
+            if isinstance(m, BatchNorm):
+                m.running_var_mode = running_var
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Everything but the arch logits (the weight optimiser's parameters)."""
+        return [p for n, p in self.named_parameters() if not n.startswith('arch.')]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.arch[t] for t in CELL_TYPES]
+
+    def forward(self, x, edge_weights: dict, single_path: bool = False):
+        s0 = s1 = self.stem_bn(self.stem_conv(x))
+        for i, cell in enumerate(self.spec.cells):
+            w = edge_weights['reduce' if cell.reduction else 'normal']
+            out = getattr(self, f'cell{i}')(s0, s1, w, single_path)
+            if cell.residual:
+                s1 = s1 + getattr(self, f'cell{i}_gate')(out)
+            else:
+                s0, s1 = s1, out
+        return self.classifier(s1.mean(dim=(2, 3)))
