@@ -22,11 +22,12 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
-from asose_jax import complexity, monitor, phases, visualize
+from asose_jax import complexity, monitor, parallel, phases, visualize
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
 from asose_jax.genotype import Genotype, load_genotype
 from asose_jax.network import FixedNetwork, count_params
+from asose_jax.spec import NetworkSpec
 from asose_jax.optim import WeightOptConfig, arch_transform, weight_transform
 from asose_jax.steps import make_fixed_steps
 from asose_jax.train_state import TrainState, create_train_state
@@ -57,9 +58,16 @@ class FixedTrainConfig:
     cutout: int = 16
 
     @classmethod
-    def from_config(cls, c: ml_collections.ConfigDict, num_classes: int) -> 'FixedTrainConfig':
+    def from_config(cls, c: ml_collections.ConfigDict, num_classes: int,
+                    spec: NetworkSpec | None = None) -> 'FixedTrainConfig':
+        """optimize.C / optimize.layers of 0 mean the searched network's: the (possibly grown) spec's
+        cell count and the widest stage's channels per DARTS doubling (FixedNetwork is uniform)."""
         o = c.optimize
-        return cls(C=o.C or c.model.C, layers=o.layers or c.model.layers, num_classes=num_classes,
+        base_C, layers = c.model.C, c.model.layers
+        if spec is not None:
+            base_C = max(2 * ((cell.C // 2 ** level + 1) // 2) for cell, level in zip(spec.cells, spec.levels))
+            layers = spec.layers
+        return cls(C=o.C or base_C, layers=o.layers or layers, num_classes=num_classes,
                    stem_multiplier=c.model.stem_multiplier, auxiliary=o.auxiliary, aux_weight=o.aux_weight,
                    drop_path=o.drop_path, depthwise_impl=o.depthwise_impl, epochs=o.epochs,
                    batch_size=o.batch_size, eval_batch_size=c.data.eval_batch_size, lr=o.lr, lr_min=o.lr_min,
@@ -103,6 +111,7 @@ def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfi
     state = create_train_state({'params': params, 'batch_stats': variables.get('batch_stats', {})},
                                weight_tx, arch_transform(config_lib.arch_opt_config(ctx.config)))
     steps = make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight)
+    steps, state = parallel.maybe_parallel(ctx.config, steps, state)
     n_params = count_params(params['weights'])
     record: dict = {}
     for epoch in range(cfg.epochs):

@@ -151,15 +151,6 @@ def _flat_fresh(variables: dict) -> dict:
 
 # ----------------------------------------------------------------------------- structure helpers
 
-def cell_levels(spec: NetworkSpec) -> list[int]:
-    """Stage of each cell: the number of reductions up to and including it."""
-    levels, n = [], 0
-    for c in spec.cells:
-        n += int(c.reduction)
-        levels.append(n)
-    return levels
-
-
 def _cell_index(name: str) -> tuple[int, str] | None:
     """'cell12_gate' -> (12, '_gate'); 'cell3' -> (3, ''); other names -> None."""
     m = re.fullmatch(r'cell(\d+)(_gate|_se|)', name)
@@ -172,7 +163,7 @@ def deepen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: t
     """Inserts a residual search cell at the end of `stage` (-1: the stage with the fewest cells,
     the deepest on ties). Its output enters c_{k-1} through a BN whose scale and bias start at zero,
     so the network's function is unchanged; it shares its cell type's arch logits."""
-    levels = cell_levels(spec)
+    levels = spec.levels
     stages = sorted(set(levels))
     if stage == -1:
         stage = min(stages, key=lambda s: (levels.count(s), -s))
@@ -257,7 +248,7 @@ def widen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: tu
     the earliest on ties): node channels are replicated (BN statistics too), and every consumer
     (edge ops, the next cells' preprocessing and FactorizedReduce, the classifier) divides its
     incoming weights by the replication count."""
-    levels = cell_levels(spec)
+    levels = spec.levels
     stages = sorted(set(levels))
     if stage == -1:
         stage = min(stages, key=lambda s: (max(c.C for c, l in zip(spec.cells, levels) if l == s) / 2 ** s, s))

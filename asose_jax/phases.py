@@ -18,14 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from asose_jax import config as config_lib
-from asose_jax import growth, growth_policy, monitor
+from asose_jax import growth, growth_policy, monitor, parallel
 from asose_jax.data import DeviceSplit
 from asose_jax.genotype import Genotype, derive
-from asose_jax.network import FixedNetwork, count_params
-from asose_jax.optim import WeightOptConfig, arch_transform, weight_transform
+from asose_jax.optim import arch_transform, weight_transform
 from asose_jax.spec import NetworkSpec
-from asose_jax.steps import Steps, make_fixed_steps, make_search_steps
-from asose_jax.train_state import TrainState, create_train_state
+from asose_jax.steps import Steps, make_search_steps
+from asose_jax.train_state import TrainState
 
 STREAMS = ('data_weights', 'data_arch', 'data_optimize', 'weight', 'arch', 'optimize', 'init', 'optimize_init')
 
@@ -148,6 +147,7 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
     bs = c.search.batch_size
     n_batches = ctx.weights_split.num_batches(bs)
     steps = _search_steps(ctx, phase, spec)
+    steps, state = parallel.maybe_parallel(c, steps, state)
     arch_batches = _cycle(ctx.arch_split, ctx.keys['data_arch'], bs) if phase == 'search' else None
     grower = Grower(ctx, phase) if phase == 'search' else None
 
@@ -243,13 +243,17 @@ class Grower:
         _, before = steps.eval_step(snapshot_state, self.check_batch)
         new_steps = _search_steps(self.ctx, self.phase, grown.spec)
         sample = next(iter(self.ctx.weights_split.epoch_batches(self.ctx.keys['data_weights'], c.search.batch_size)))
-        t0 = time.time()
-        compiled = new_steps.weight_step.lower(new_state, sample, self.ctx.keys['weight']).compile()
-        compile_s = time.time() - t0
-        new_steps = dataclasses.replace(new_steps, weight_step=compiled)
+        compile_s = None  # sharded steps compile at their first call (in that epoch's first_step_s)
+        if c.parallel.data_parallel:
+            new_steps, new_state = parallel.maybe_parallel(c, new_steps, new_state)
+        else:  # compile the new weight step now, to log its compile time with the growth
+            t0 = time.time()
+            compiled = new_steps.weight_step.lower(new_state, sample, self.ctx.keys['weight']).compile()
+            compile_s = round(time.time() - t0, 2)
+            new_steps = dataclasses.replace(new_steps, weight_step=compiled)
         _, after = new_steps.eval_step(new_state, self.check_batch)
         change = float(jnp.max(jnp.abs(before['logits'] - after['logits'])))
-        fields = {**grown.event, 'max_logit_change': change, 'compile_s': round(compile_s, 2),
+        fields = {**grown.event, 'max_logit_change': change, 'compile_s': compile_s,
                   'cells': grown.spec.layers, 'spec': grown.spec.to_dict()['cells']}
         if kind == 'prune':
             fields.update(loss_before=float(before['loss']), loss_after=float(after['loss']),
@@ -268,6 +272,6 @@ def optimize_phase(ctx: RunContext, genotype: Genotype, spec: NetworkSpec) -> tu
     evaluate builds on this module (RunContext, the epoch loop).
     """
     from asose_jax import evaluate as evaluate_lib
-    cfg = evaluate_lib.FixedTrainConfig.from_config(ctx.config, spec.num_classes)
+    cfg = evaluate_lib.FixedTrainConfig.from_config(ctx.config, spec.num_classes, spec)
     _, state, record = evaluate_lib.train_fixed(ctx, genotype, cfg, phase='optimize')
     return state, record

@@ -102,6 +102,15 @@ class NetworkSpec:
         return len(self.cells)
 
     @property
+    def levels(self) -> tuple[int, ...]:
+        """Stage of each cell: the number of reductions up to and including it."""
+        out, n = [], 0
+        for c in self.cells:
+            n += int(c.reduction)
+            out.append(n)
+        return tuple(out)
+
+    @property
     def has_reduction(self) -> bool:
         return any(c.reduction for c in self.cells)
 
