@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from asose_jax import stability
 from asose_jax.data import DATASETS, SOURCES
 from asose_jax.genotype import PRIMITIVES
 from asose_jax.gumbel import SCHEDULES
@@ -55,6 +56,24 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         lr=0.025, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
         cutout=16, drop_path=0.0, auxiliary=False, aux_weight=0.4,
         depthwise_impl='shift',   # 2-2.5x faster than grouped conv for the derived net on CPU
+    )
+    c.monitor = dict(              # stability monitor and collapse guard (asose_jax/stability.py)
+        metric='val_acc',          # watched quality; every threshold below is in its units
+        window=4,                  # epochs of the oscillation / divergence windows
+        oscillation_threshold=0.03,  # std of val_acc about its trend over the window (0.03 = 3 points)
+        plateau_patience=5,
+        plateau_threshold=0.005,   # val_acc fraction: 0.005 = half a percentage point
+        degradation_threshold=0.05,  # drop below the best val_acc of the phase
+        divergence_rise=0.1,       # train loss up every epoch of the window, by > 10% in total
+        on_oscillation='none',     # 'none' | 'lower_arch_lr' | 'raise_tau'
+        arch_lr_factor=0.5,
+        tau_factor=1.5,
+        on_plateau='none',         # 'none' | 'grow' (handed to the caller of search_phase)
+        on_divergence='none',      # 'none' | 'rollback' (caller) | 'stop'
+        max_param_free=4,          # parameter-free ops allowed in the derived normal cell
+        collapse_remedy='none',    # 'none' | 'cap_skip' (P-DARTS) | 'raise_arch_wd'
+        max_skip=2,
+        arch_wd_factor=3.0,
     )
     c.progress = True
     return c
@@ -143,6 +162,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(o.lr > 0 and 0 <= o.lr_min <= o.lr, 'optimize.lr/lr_min', (o.lr, o.lr_min), 'lr > 0, 0 <= lr_min <= lr')
     _check(0 <= o.drop_path < 1, 'optimize.drop_path', o.drop_path, '[0, 1)')
     _check(o.cutout >= 0 and o.aux_weight >= 0, 'optimize.cutout/aux_weight', (o.cutout, o.aux_weight), '>= 0')
+    _validate_monitor(c)
+
+
+def _validate_monitor(c: ml_collections.ConfigDict) -> None:
+    """The monitor section: MonitorConfig checks each field and names it in its message."""
+    try:
+        stability.MonitorConfig.from_config(c.monitor)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
 
 
 def network_spec(c: ml_collections.ConfigDict) -> NetworkSpec:
