@@ -1,15 +1,14 @@
 """End to end: a tiny synthetic run through train.run (phases wiring, monitor, TensorBoard), then
 `python -m asose_jax.report` on its workdir and on a hand-made workdir with growth events."""
+import dataclasses
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from asose_jax import report
+from asose_jax import report, stability
 from asose_jax.config import base_config
 from asose_jax.genotype import Genotype
 
@@ -30,11 +29,27 @@ def tiny_config():
     return c
 
 
+def forced_actions(assess):
+    """assess plus the two phase-local actions at the last search epoch (2 epochs are too few for a
+    real oscillation), so the run exercises their wiring; at the last epoch no recompile follows."""
+    def wrapped(history, cfg):
+        a = assess(history, cfg)
+        last = [r for r in history if 'event' not in r][-1]
+        if (last['phase'], last['epoch']) != ('search', 1):
+            return a
+        extra = (stability.Action('lower_arch_lr', 'oscillation', 'forced by the test', cfg.arch_lr_factor),
+                 stability.Action('raise_tau', 'oscillation', 'forced by the test', cfg.tau_factor))
+        return dataclasses.replace(a, actions=a.actions + extra)
+    return wrapped
+
+
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
     from asose_jax.train import run
     workdir = tmp_path_factory.mktemp('tiny_run')
-    run(tiny_config(), str(workdir))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stability, 'assess', forced_actions(stability.assess))
+        run(tiny_config(), str(workdir))
     return workdir
 
 
@@ -59,9 +74,12 @@ def test_monitor_events_logged(run_dir):
     events = [r for r in lines(run_dir) if 'event' in r]
     collapse = [e for e in events if e['event'] == 'collapse_warning']
     assert collapse and all(e['remedy'] == 'cap_skip' and e['applied'] for e in collapse)
-    grow = [e for e in events if e['event'] == 'monitor_action']
-    assert [(e['phase'], e['epoch'], e['action'], e['applied']) for e in grow] == [('search', 1, 'grow', False)]
-    assert 'plateau' in grow[0]['reason']
+    acts = [e for e in events if e['event'] == 'monitor_action']
+    assert [(e['phase'], e['epoch'], e['action'], e['applied']) for e in acts] == [
+        ('search', 1, 'grow', False), ('search', 1, 'lower_arch_lr', True), ('search', 1, 'raise_tau', True)]
+    assert 'plateau' in acts[0]['reason'] and not acts[0]['stops_phase']
+    assert acts[1]['arch_lr'] == pytest.approx(1.5e-4) and acts[2]['tau_scale'] == pytest.approx(1.5)
+    assert all(e['phase'] == 'search' for e in collapse)  # warmup logits are untrained: no warning
 
 
 def test_genotype_files_hold_alphas(run_dir):
@@ -82,9 +100,7 @@ def test_tensorboard_events(run_dir):
 
 
 def test_report_renders_from_run(run_dir):
-    out = subprocess.run([sys.executable, '-m', 'asose_jax.report', str(run_dir)], capture_output=True, text=True,
-                         cwd=os.path.join(os.path.dirname(__file__), '..'))
-    assert out.returncode == 0, out.stderr
+    report.main([str(run_dir)])  # the CLI's entry point, in-process (a subprocess re-imports matplotlib)
     html = open(run_dir / 'report' / 'report.html').read()
     for png in ('curves.png', 'search_stats.png', 'op_weights.png', 'arch_heatmaps.png'):
         assert os.path.getsize(run_dir / 'report' / png) > 10_000 and f'src="{png}"' in html, png

@@ -140,3 +140,17 @@ def test_collapse_guard_warns_and_caps():
     assert sum(op == 'skip_connect' for op, _ in cap.genotype.normal) == 2
     calm = stability.guarded_genotype({'normal': reduce, 'reduce': reduce}, MonitorConfig(max_param_free=8))
     assert calm.condition is None
+
+
+def test_arch_state_carries_over_lr_and_wd_changes():
+    """lower_arch_lr / raise_arch_wd rebuild the arch transform; the old Adam state must fit the new one."""
+    import jax
+    import jax.numpy as jnp
+    from asose_jax.optim import ArchOptConfig, arch_transform
+    params = {'weights': {'w': jnp.ones(3)}, 'arch': {'normal': jnp.zeros((5, 4))}}
+    old = arch_transform(ArchOptConfig()).init(params)
+    new_tx = arch_transform(ArchOptConfig(weight_decay=3e-3), lr_scale=0.5)
+    assert jax.tree_util.tree_structure(new_tx.init(params)) == jax.tree_util.tree_structure(old)
+    grads = {'weights': {'w': jnp.zeros(3)}, 'arch': {'normal': jnp.ones((5, 4))}}
+    updates, _ = new_tx.update(grads, old, params)  # the carried state is accepted
+    assert float(jnp.abs(updates['arch']['normal']).max()) > 0
