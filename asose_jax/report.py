@@ -126,16 +126,23 @@ def plot_search_stats(records, events, path: str) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = [('tau (Gumbel temperature)', ('tau',)),
               ('arch entropy (nats)', ('entropy_normal', 'entropy_reduce', 'arch_entropy')),
-              ('health / parameter-free ops', ('health', 'param_free_normal', 'param_free_reduce'))]
+              ('parameter-free ops in the derived cells', ('param_free_normal', 'param_free_reduce'))]
+    searchlike = [r for r in records if r['phase'] != 'optimize']
     for ax, (title, keys) in zip(axes, panels):
         _decorate(ax, spans, events)
         for i, key in enumerate(keys):
-            xs, ys = _values([r for r in records if r['phase'] != 'optimize'], key)
+            xs, ys = _values(searchlike, key)
             if xs:
                 ax.plot(xs, ys, 'o-', ms=3, color=f'C{i}', label=key)
         ax.set_title(title)
         if ax.lines:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc='upper left')
+    xs, ys = _values(searchlike, 'health')
+    if xs:  # health in [0, 1] on its own axis next to the counts
+        twin = axes[2].twinx()
+        twin.plot(xs, ys, 's--', ms=3, color='k', label='health (right axis)')
+        twin.set_ylim(-0.05, 1.05)
+        twin.legend(fontsize=8, loc='upper right')
     _phase_legend(fig, spans, events)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=100)
