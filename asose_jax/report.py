@@ -135,7 +135,7 @@ def plot_search_stats(records, events, path: str) -> str:
             if xs:
                 ax.plot(xs, ys, 'o-', ms=3, color=f'C{i}', label=key)
         ax.set_title(title)
-        if ax.lines:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc='upper left')
     xs, ys = _values(searchlike, 'health')
     if xs:  # health in [0, 1] on its own axis next to the counts
