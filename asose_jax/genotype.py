@@ -156,7 +156,7 @@ def derive(alphas_normal, alphas_reduce, steps: int = 4, multiplier: int = 4,
     if max_skip is not None and 'skip_connect' in primitives:
         k_skip, w = list(primitives).index('skip_connect'), weights['normal'].copy()
         while sum(op == 'skip_connect' for op, _ in normal) > max_skip:
-            kept = [edge_index for edge_index, (op, _) in zip(_edge_rows(normal, steps), normal) if op == 'skip_connect']
+            kept = [row for row, (op, _) in zip(_edge_rows(normal, steps), normal) if op == 'skip_connect']
             w[min(kept, key=lambda e: w[e, k_skip]), k_skip] = -1.0  # below every softmax weight: never chosen
             normal = _parse_cell(w, steps, primitives)
     concat = tuple(range(2 + steps - multiplier, steps + 2))

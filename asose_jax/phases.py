@@ -220,7 +220,8 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
                 ctx.pending_actions.append(action)
                 stop = stop or action.kind in stop_on
                 log_action(epoch, action, False, stops_phase=action.kind in stop_on)
-        if not finite and not (stop and 'rollback' in stop_on and any(a.kind == 'rollback' for a in assessment.actions)):
+        rolls_back = stop and 'rollback' in stop_on and any(a.kind == 'rollback' for a in assessment.actions)
+        if not finite and not rolls_back:
             _check_finite(phase, epoch, record)  # non-finite: stop the run unless the caller rolls back
         print(f"[{phase} {epoch + 1}/{epochs}] loss {record['loss']:.3f} acc {record['acc']:.3f} "
               f"val_acc {record['val_acc']:.3f} tau {record['tau']:.2f} {ips:.1f} img/s "

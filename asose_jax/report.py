@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from asose_jax.genotype import Genotype  # noqa: E402
 
+EVENT_COLORS = {'collapse_warning': '#d08000', 'monitor_action': '#b03030', 'growth': '#6a1b9a'}
 PHASE_COLORS = {'warmup': '#fde2c8', 'search': '#d6e6f5', 'growth': '#e3d3ef', 'optimize': '#d9f0d3'}
 GENOTYPE_FILE = re.compile(r'(?P<phase>\w+?)_epoch(?P<epoch>\d+)\.json$')
 
@@ -77,8 +78,7 @@ def _decorate(ax, spans, events):
     for phase, lo, hi in spans:
         ax.axvspan(lo - 0.5, hi + 0.5, color=PHASE_COLORS.get(phase, '#eeeeee'), alpha=0.7, lw=0)
     for e in events:
-        ax.axvline(e['global_epoch'] + 0.5, color='#b03030' if e['event'] != 'collapse_warning' else '#d08000',
-                   ls='--', lw=1)
+        ax.axvline(e['global_epoch'] + 0.5, color=EVENT_COLORS.get(e['event'], '#303030'), ls='--', lw=1)
     ax.set_xlabel('global epoch')
     ax.grid(alpha=0.3)
 
@@ -88,7 +88,7 @@ def _phase_legend(fig, spans, events):
     from matplotlib.lines import Line2D
     handles = [Patch(color=PHASE_COLORS.get(p, '#eeeeee'), label=p) for p in dict.fromkeys(s[0] for s in spans)]
     kinds = sorted({e['event'] for e in events})
-    handles += [Line2D([], [], color='#d08000' if k == 'collapse_warning' else '#b03030', ls='--', label=k)
+    handles += [Line2D([], [], color=EVENT_COLORS.get(k, '#303030'), ls='--', label=f'{k} (after that epoch)')
                 for k in kinds]
     fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 6), fontsize=8, frameon=False)
 

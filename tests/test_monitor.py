@@ -85,7 +85,7 @@ def test_op_weights_and_alphas_file(tmp_path):
 
 def test_genotype_stats_counts_cells():
     g = Genotype(normal=(('skip_connect', 0), ('sep_conv_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2)),
-                 normal_concat=(2, 3), reduce=(('max_pool_3x3', 0), ('max_pool_3x3', 1), ('none', 0), ('skip_connect', 2)),
-                 reduce_concat=(2, 3))
+                 normal_concat=(2, 3), reduce_concat=(2, 3),
+                 reduce=(('max_pool_3x3', 0), ('max_pool_3x3', 1), ('none', 0), ('skip_connect', 2)))
     assert monitor.genotype_stats(g) == {'skip_count': 3, 'param_free_count': 7, 'param_free_normal': 3,
                                          'param_free_reduce': 4}

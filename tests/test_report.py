@@ -122,7 +122,8 @@ def handmade_workdir(root):
                      'entropy_normal': 1.0, 'op_weight/normal/skip_connect': 0.3, 'op_weight/reduce/skip_connect': 0.2})
         if e == 1:
             rows.append({'event': 'growth', 'kind': 'widen', 'phase': 'search', 'epoch': 1})
-        alphas = {c: (lambda a: (a / a.sum(1, keepdims=True)).tolist())(rng.uniform(size=(2, 3))) for c in ('normal', 'reduce')}
+        raw = {c: rng.uniform(size=(2, 3)) for c in ('normal', 'reduce')}
+        alphas = {c: (a / a.sum(1, keepdims=True)).tolist() for c, a in raw.items()}
         json.dump({**g.to_dict(), 'string': str(g), 'alphas': alphas, 'primitives': prims},
                   open(root / 'genotypes' / f'search_epoch{e:03d}.json', 'w'))
     rows += [{'phase': 'optimize', 'epoch': e, 'loss': 1.5, 'acc': 0.4, 'val_loss': 1.6, 'val_acc': 0.38}

@@ -73,7 +73,8 @@ def test_divergence_rising_and_non_finite():
 
 def test_cooldown_reads_logged_actions():
     h = history([0.10, 0.20, 0.30, 0.22, 0.34, 0.24, 0.36])
-    logged = h[:-1] + [{'event': stability.ACTION_EVENT, 'phase': 'search', 'epoch': 5, 'action': 'lower_arch_lr'}] + h[-1:]
+    done = {'event': stability.ACTION_EVENT, 'phase': 'search', 'epoch': 5, 'action': 'lower_arch_lr'}
+    logged = h[:-1] + [done] + h[-1:]
     assert 'oscillation' in kinds(assess(logged, CFG))
     assert all(x.kind != 'lower_arch_lr' for x in assess(logged, CFG).actions)
     other_phase = [dict(r, phase='warmup') if 'event' in r else r for r in logged]
