@@ -246,14 +246,16 @@ def cell_listing(g: Genotype) -> str:
 
 
 def draw_cells(g: Genotype, out_dir: str) -> tuple[list[str], str]:
-    """Cell pictures from asose_jax.visualize when that module exists; the text listing always."""
+    """Cell pictures from asose_jax.visualize (`save_genotype_pictures`, normal above reduction)
+    when that module exists; the plain-text listing always (cells.txt, and in the HTML)."""
     text = cell_listing(g)
     with open(os.path.join(out_dir, 'cells.txt'), 'w') as f:
         f.write(text + '\n')
     if importlib.util.find_spec('asose_jax.visualize') is None:
         return [], text
     visualize = importlib.import_module('asose_jax.visualize')
-    return list(visualize.plot_genotype(g, os.path.join(out_dir, 'cell'))), text
+    return list(visualize.save_genotype_pictures(g, out_dir, name='cells', title='final genotype',
+                                                 formats=('png',))), text
 
 
 def _table(rows: Sequence[Sequence], header: Sequence[str]) -> str:

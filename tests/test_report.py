@@ -1,6 +1,7 @@
 """End to end: a tiny synthetic run through train.run (phases wiring, monitor, TensorBoard), then
 `python -m asose_jax.report` on its workdir and on a hand-made workdir with growth events."""
 import dataclasses
+import importlib.util
 import json
 import os
 import time
@@ -105,6 +106,8 @@ def test_report_renders_from_run(run_dir):
     for png in ('curves.png', 'search_stats.png', 'op_weights.png', 'arch_heatmaps.png'):
         assert os.path.getsize(run_dir / 'report' / png) > 10_000 and f'src="{png}"' in html, png
     assert 'monitor_action' in html and 'collapse_warning' in html and 'node 0 =' in html
+    has_visualize = importlib.util.find_spec('asose_jax.visualize') is not None  # cell pictures when it exists
+    assert ('src="cells.png"' in html) == has_visualize == os.path.exists(run_dir / 'report' / 'cells.png')
 
 
 def handmade_workdir(root):
