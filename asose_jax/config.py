@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from asose_jax import stability
 from asose_jax.data import DATASETS, SOURCES
 from asose_jax.genotype import PRIMITIVES
 from asose_jax.gumbel import SCHEDULES
@@ -74,6 +75,24 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     )
     c.parallel = dict(data_parallel=False)  # True: batch sharded over all local devices, state replicated
     c.sweep = dict(seeds=1, arch_lrs='')     # asose_jax.sweep: seeds per lr; lrs comma-separated, '' = arch_optim.lr
+    c.monitor = dict(              # stability monitor and collapse guard (asose_jax/stability.py)
+        metric='val_acc',          # watched quality; every threshold below is in its units
+        window=4,                  # epochs of the oscillation / divergence windows
+        oscillation_threshold=0.03,  # std of val_acc about its trend over the window (0.03 = 3 points)
+        plateau_patience=5,
+        plateau_threshold=0.005,   # val_acc fraction: 0.005 = half a percentage point
+        degradation_threshold=0.05,  # drop below the best val_acc of the phase
+        divergence_rise=0.1,       # train loss up every epoch of the window, by > 10% in total
+        on_oscillation='none',     # 'none' | 'lower_arch_lr' | 'raise_tau'
+        arch_lr_factor=0.5,
+        tau_factor=1.5,
+        on_plateau='none',         # 'none' | 'grow' (with growth.kind, by phases.Grower)
+        on_divergence='none',      # 'none' | 'rollback' (caller) | 'stop'
+        max_param_free=4,          # parameter-free ops allowed in the derived normal cell
+        collapse_remedy='none',    # 'none' | 'cap_skip' (P-DARTS) | 'raise_arch_wd'
+        max_skip=2,
+        arch_wd_factor=3.0,
+    )
     c.progress = True
     return c
 
@@ -197,6 +216,15 @@ def validate_growth(c: ml_collections.ConfigDict) -> None:
     _check(0 < g.prune_fraction < 1, 'growth.prune_fraction', g.prune_fraction, '(0, 1)')
     _check(g.rollback_patience >= 1 and 0 <= g.rollback_margin < 1, 'growth.rollback_patience/margin',
            (g.rollback_patience, g.rollback_margin), 'patience >= 1 epochs, margin a val_acc fraction in [0, 1)')
+    _validate_monitor(c)
+
+
+def _validate_monitor(c: ml_collections.ConfigDict) -> None:
+    """The monitor section: MonitorConfig checks each field and names it in its message."""
+    try:
+        stability.MonitorConfig.from_config(c.monitor)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
 
 
 def network_spec(c: ml_collections.ConfigDict) -> NetworkSpec:

@@ -134,8 +134,18 @@ def _parse_cell(weights: np.ndarray, steps: int, primitives: Sequence[str]) -> t
 
 
 def derive(alphas_normal, alphas_reduce, steps: int = 4, multiplier: int = 4,
-           primitives: Sequence[str] = PRIMITIVES) -> Genotype:
-    """Derives the discrete genotype from arch logits [edges, ops] as DARTS does (softmax first)."""
+           primitives: Sequence[str] = PRIMITIVES, max_skip: int | None = None) -> Genotype:
+    """Derives the discrete genotype from arch logits [edges, ops] as DARTS does (softmax first).
+
+    max_skip: P-DARTS cap against skip-connect collapse. While the normal cell holds more than
+    `max_skip` skip_connects, the weakest kept skip (lowest softmax weight) is struck out of its
+    edge and the cell re-derived, so that edge falls back to its next-best op or loses its place
+    to the next-best edge. None = no cap (DARTS). The reduction cell is never capped.
+    """
+    if max_skip is not None and max_skip < 0:
+        raise ValueError(f'derive: max_skip={max_skip} must be >= 0 or None')
+    if max_skip is not None and not set(primitives) - {'none', 'skip_connect'}:
+        raise ValueError(f'derive: max_skip needs an op other than none/skip_connect to fall back to; got {primitives}')
     weights = {}
     for name, a in (('normal', alphas_normal), ('reduce', alphas_reduce)):
         a = np.asarray(a)
@@ -144,8 +154,15 @@ def derive(alphas_normal, alphas_reduce, steps: int = 4, multiplier: int = 4,
         if not np.all(np.isfinite(a)):
             raise ValueError(f'alphas_{name} holds non-finite values')
         weights[name] = _softmax(a)
+    normal = _parse_cell(weights['normal'], steps, primitives)
+    if max_skip is not None and 'skip_connect' in primitives:
+        k_skip, w = list(primitives).index('skip_connect'), weights['normal'].copy()
+        while sum(op == 'skip_connect' for op, _ in normal) > max_skip:
+            kept = [row for row, (op, _) in zip(_edge_rows(normal, steps), normal) if op == 'skip_connect']
+            w[min(kept, key=lambda e: w[e, k_skip]), k_skip] = -1.0  # below every softmax weight: never chosen
+            normal = _parse_cell(w, steps, primitives)
     concat = tuple(range(2 + steps - multiplier, steps + 2))
-    return Genotype(normal=_parse_cell(weights['normal'], steps, primitives), normal_concat=concat,
+    return Genotype(normal=normal, normal_concat=concat,
                     reduce=_parse_cell(weights['reduce'], steps, primitives), reduce_concat=concat)
 
 
@@ -182,3 +199,8 @@ def load_genotype(arg: str) -> Genotype:
             raise ValueError(f'genotype file {arg!r} is not a genotype JSON: {e}; {known}') from e
     raise ValueError(f'genotype {arg!r} is neither a known name nor an existing file nor a Genotype(...) '
                      f'string; {known}')
+
+
+def _edge_rows(cell: Sequence[Edge], steps: int) -> list[int]:
+    """Row of the alphas array (DARTS edge order) that each kept (op, input) edge of a cell came from."""
+    return [sum(2 + t for t in range(i // 2)) + j for i, (_, j) in enumerate(cell)]

@@ -1,6 +1,9 @@
 """When to grow and what kind: host-side pure functions over the config and the metric history."""
 from __future__ import annotations
 
+import numpy as np
+
+from asose_jax import stability
 from asose_jax.growth import KINDS
 from asose_jax.spec import NetworkSpec
 
@@ -24,15 +27,6 @@ def parse_schedule(text: str) -> dict[int, str]:
     return schedule
 
 
-def plateaued(values: list[float], window: int, threshold: float) -> bool:
-    """True when the best of the last `window` values beats the best before them by no more than
-    `threshold` (same units as the values: for val_acc as a fraction, 0.005 is half a point).
-    Needs window + 1 values, so the comparison always has a reference."""
-    if len(values) <= window:
-        return False
-    return max(values[-window:]) <= max(values[:-window]) + threshold
-
-
 def candidates(kind: str, spec: NetworkSpec, history: list[dict], done: list[str]) -> list[str]:
     """Kinds to try in order (the caller skips those that hit a cap). `kind` other than 'auto' is
     tried alone. 'auto': regularise first if train accuracy exceeds val accuracy by more than
@@ -54,7 +48,8 @@ def decide(growth_cfg, search_epoch: int, val_accs_since_growth: list[float], n_
         return None
     if growth_cfg.trigger == 'schedule':
         return parse_schedule(growth_cfg.schedule).get(search_epoch)
-    if plateaued(val_accs_since_growth, growth_cfg.plateau_window, growth_cfg.plateau_threshold):
+    if stability.plateau(np.asarray(val_accs_since_growth, float), 1, growth_cfg.plateau_window,
+                         growth_cfg.plateau_threshold) is not None:
         return growth_cfg.kind
     return None
 

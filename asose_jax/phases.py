@@ -18,10 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from asose_jax import config as config_lib
-from asose_jax import growth, growth_policy, monitor, parallel
+from asose_jax import growth, growth_policy, monitor, parallel, stability
 from asose_jax.data import DeviceSplit
 from asose_jax.genotype import Genotype, derive
-from asose_jax.optim import arch_transform, weight_transform
+from asose_jax.optim import arch_transform, weight_schedule, weight_transform
 from asose_jax.spec import NetworkSpec
 from asose_jax.steps import Steps, make_search_steps
 from asose_jax.train_state import TrainState
@@ -56,9 +56,10 @@ def genotype_of(spec: NetworkSpec, params: dict) -> Genotype:
     return derive(arch['normal'], arch['reduce'], spec.steps, spec.multiplier, spec.primitives)
 
 
-def evaluate(steps: Steps, state: TrainState, split: DeviceSplit, batch_size: int) -> dict:
+def evaluate(steps: Steps, state: TrainState, split: DeviceSplit, batch_size: int, progress: bool = False) -> dict:
     total, loss, acc = 0.0, 0.0, 0.0
-    for batch in split.eval_batches(batch_size):
+    n = -(-len(split) // batch_size)
+    for batch in tqdm(split.eval_batches(batch_size), total=n, desc='eval', disable=not progress, leave=False):
         _, m = steps.eval_step(state, batch)
         m = jax.device_get({k: m[k] for k in ('loss', 'acc', 'count')})
         total += float(m['count'])
@@ -114,62 +115,120 @@ def search_txs(c: ml_collections.ConfigDict, n_batches: int) -> tuple:
             arch_transform(config_lib.arch_opt_config(c)))
 
 
-def _search_steps(ctx: RunContext, phase: str, spec: NetworkSpec) -> Steps:
-    c = ctx.config
-    n_batches = ctx.weights_split.num_batches(c.search.batch_size)
-    weight_tx, arch_tx = search_txs(c, n_batches)
-    tau_steps = max(c.search.search_epochs * n_batches, 1)
-    return make_search_steps(spec, config_lib.search_step_config(c, phase, tau_steps), weight_tx,
-                             arch_tx if phase == 'search' else None)
-
-
-def _epoch_record(ctx: RunContext, phase: str, epoch: int, spec: NetworkSpec, steps: Steps, state: TrainState,
-                  train_m: dict, ips: float, first_s: float) -> tuple[dict, Genotype]:
-    c = ctx.config
-    record = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
-              'first_step_s': first_s, 'cells': spec.layers, **train_m,
-              **evaluate(steps, state, ctx.eval_split, c.data.eval_batch_size)}
-    g = genotype_of(spec, state.params)
-    arch = jax.device_get(state.params['arch'])
-    record.update({f'entropy_{t}': monitor.arch_entropy(a) for t, a in arch.items()})
-    record['arch_entropy'] = float(np.mean([record[f'entropy_{t}'] for t in arch]))
-    record.update(monitor.genotype_stats(g))
-    record['genotype'] = str(g)
-    return record, g
-
-
 def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainState, epochs: int,
                  first_epoch: int = 0) -> tuple[NetworkSpec, TrainState]:
     """warmup: weight steps on uniform edge weights. search: weight steps on the weight half, an
-    arch step on the arch half every `arch_every` weight steps; genotype saved every epoch; growth
-    (growth.py) between search epochs when the config asks for it. Returns the (grown) spec and state."""
+    arch step on the arch half every `arch_every` weight steps; genotype saved every epoch.
+    Returns the (possibly grown) spec and the state.
+
+    After each epoch the stability monitor (stability.assess) and the collapse guard run; every
+    action is logged (`"event": "monitor_action"` + print); in warmup only divergence acts, and
+    the collapse guard only warns in search. 'lower_arch_lr' and 'raise_tau' rebuild the steps
+    (optimizer states carry over), 'stop' ends the phase, the collapse remedy 'raise_arch_wd'
+    raises the arch weight decay once. In search, the Grower then grows the network (growth.trigger,
+    or a monitor 'grow' on plateau) or rolls a recent growth back (rollback_patience, or a
+    monitor 'rollback' on divergence).
+    """
     c = ctx.config
+    mcfg = stability.MonitorConfig.from_config(c.monitor)
     bs = c.search.batch_size
     n_batches = ctx.weights_split.num_batches(bs)
-    steps = _search_steps(ctx, phase, spec)
-    steps, state = parallel.maybe_parallel(c, steps, state)
+    tau_steps = max(c.search.search_epochs * n_batches, 1)
+    wcfg = config_lib.weight_opt_config(c)
+    acfg = config_lib.arch_opt_config(c)
+    total_steps = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
+    weight_tx = weight_transform(wcfg, total_steps)
+    step_cfg = config_lib.search_step_config(c, phase, tau_steps)
+    knobs = {'arch_lr_scale': 1.0, 'tau_scale': 1.0, 'arch_weight_decay': acfg.weight_decay}
+
+    def build_steps(spec: NetworkSpec) -> Steps:
+        """Steps for a spec and the current knobs (hyper-parameters only: the Adam state carries over)."""
+        arch_tx = (arch_transform(dataclasses.replace(acfg, weight_decay=knobs['arch_weight_decay']),
+                                  knobs['arch_lr_scale']) if phase == 'search' else None)
+        cfg = dataclasses.replace(step_cfg, tau_max=step_cfg.tau_max * knobs['tau_scale'],
+                                  tau_min=step_cfg.tau_min * knobs['tau_scale'])
+        return make_search_steps(spec, cfg, weight_tx, arch_tx)
+
+    steps, state = parallel.maybe_parallel(c, build_steps(spec), state)
     arch_batches = _cycle(ctx.arch_split, ctx.keys['data_arch'], bs) if phase == 'search' else None
-    grower = Grower(ctx, phase) if phase == 'search' else None
+    lr_at = weight_schedule(wcfg, total_steps)
+    grower = Grower(ctx, phase, build_steps) if phase == 'search' else None
 
     def arch_after(st, i):
         if (i + 1) % c.search.arch_every:
             return st, {}
         return steps.arch_step(st, next(arch_batches), ctx.keys['arch'])
 
+    def log_action(epoch: int, action: stability.Action, applied: bool, **fields) -> None:
+        ctx.writer.event(stability.ACTION_EVENT, phase=phase, epoch=epoch, action=action.kind,
+                         condition=action.condition, reason=action.reason, applied=applied, **fields)
+        print(f'[monitor] {action.kind} ({"applied" if applied else "not applied"}): {action.reason}', flush=True)
+
     for epoch in range(first_epoch, epochs):
         data_key = jax.random.fold_in(ctx.keys['data_weights'], int(state.step))
         state, train_m, ips, first_s = _run_epoch(
             ctx, steps, state, ctx.weights_split.epoch_batches(data_key, bs), n_batches,
             f'{phase} {epoch + 1}/{epochs}', ctx.keys['weight'], arch_after if arch_batches else None)
-        record, g = _epoch_record(ctx, phase, epoch, spec, steps, state, train_m, ips, first_s)
+        record = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
+                  'first_step_s': first_s, 'cells': spec.layers, 'lr': float(lr_at(int(state.step))), **train_m,
+                  **evaluate(steps, state, ctx.eval_split, c.data.eval_batch_size, ctx.progress)}
+        if phase == 'search':
+            record.update(arch_lr=knobs['arch_lr_scale'] * acfg.lr, arch_weight_decay=knobs['arch_weight_decay'])
         _check_finite(phase, epoch, record)
+        arch = jax.device_get(state.params['arch'])
+        guard = stability.guarded_genotype(arch, mcfg, spec.steps, spec.multiplier, spec.primitives)
+        g = guard.genotype
+        record.update({f'entropy_{t}': monitor.arch_entropy(a) for t, a in arch.items()})
+        record['arch_entropy'] = float(np.mean([record[f'entropy_{t}'] for t in arch]))
+        record.update(monitor.op_weights(arch, spec.primitives))
+        record.update(monitor.genotype_stats(g))
+        record['genotype'] = str(g)
+        record['collapse'] = guard.condition is not None
+        assessment = stability.assess(ctx.writer.read() + [record], mcfg)
+        record['health'] = assessment.health
+        record['conditions'] = [cond.kind for cond in assessment.conditions]
         ctx.writer.write(record)
         monitor.save_genotype(os.path.join(ctx.workdir, 'genotypes', f'{phase}_epoch{epoch:03d}.json'), g,
-                              epoch=epoch, val_acc=record['val_acc'])
+                              alphas=arch, primitives=spec.primitives, epoch=epoch, val_acc=record['val_acc'],
+                              raw_genotype=str(guard.raw), capped=guard.capped)
+        rebuild, stop, requests = False, False, []
+        if guard.condition is not None and phase == 'search':  # warmup logits are untrained
+            remedy = mcfg.collapse_remedy
+            applied = remedy == 'cap_skip' or (remedy == 'raise_arch_wd'
+                                               and knobs['arch_weight_decay'] == acfg.weight_decay)
+            if remedy == 'raise_arch_wd' and applied:  # once per phase: each rebuild recompiles
+                knobs['arch_weight_decay'] = acfg.weight_decay * mcfg.arch_wd_factor
+                rebuild = True
+            ctx.writer.event('collapse_warning', phase=phase, epoch=epoch, reason=guard.condition.reason,
+                             remedy=remedy, applied=applied, raw_genotype=str(guard.raw), genotype=str(g),
+                             arch_weight_decay=knobs['arch_weight_decay'])
+            print(f'[monitor] WARNING collapse to parameter-free ops: {guard.condition.reason}; remedy {remedy}'
+                  f'{" (applied)" if applied else ""}', flush=True)
+        # warmup trains no arch logits and grows nothing: only divergence acts there
+        for action in [a for a in assessment.actions if phase == 'search' or a.condition == 'divergence']:
+            if action.kind == 'lower_arch_lr':
+                knobs['arch_lr_scale'] *= action.factor
+                rebuild = True
+                log_action(epoch, action, True, arch_lr=knobs['arch_lr_scale'] * acfg.lr)
+            elif action.kind == 'raise_tau':
+                knobs['tau_scale'] *= action.factor
+                rebuild = True
+                log_action(epoch, action, True, tau_scale=knobs['tau_scale'])
+            elif action.kind == 'stop':
+                stop = True
+                log_action(epoch, action, True)
+            else:  # 'grow' / 'rollback': the Grower's (search only)
+                requests.append(action.kind)
+                log_action(epoch, action, grower is not None and epoch < epochs - 1, handled_by='growth')
         print(f"[{phase} {epoch + 1}/{epochs}] loss {record['loss']:.3f} acc {record['acc']:.3f} "
-              f"val_acc {record['val_acc']:.3f} tau {record['tau']:.2f} {ips:.1f} img/s", flush=True)
+              f"val_acc {record['val_acc']:.3f} tau {record['tau']:.2f} {ips:.1f} img/s "
+              f"health {record['health']:.2f}", flush=True)
+        if stop:
+            break
+        if rebuild:
+            steps, state = parallel.maybe_parallel(c, build_steps(spec), state)
         if grower is not None and epoch < epochs - 1:
-            spec, state, steps = grower.after_epoch(epoch, record, spec, state, steps)
+            spec, state, steps = grower.after_epoch(epoch, record, spec, state, steps, requests)
     return spec, state
 
 
@@ -186,12 +245,13 @@ class _Snapshot:
 
 
 class Grower:
-    """Grows the search network between search epochs (growth.trigger), within the caps; rolls a
-    growth back when, `rollback_patience` epochs later, val_acc is worse than before it by more
-    than `rollback_margin`. Every decision is written to metrics.jsonl as an event line."""
+    """Grows the search network between search epochs (growth.trigger, or a monitor 'grow'
+    request), within the caps; rolls a growth back when, `rollback_patience` epochs later, val_acc
+    is worse than before it by more than `rollback_margin`, or when the monitor asks for a rollback
+    while a pre-growth snapshot is held. Every decision is an event line in metrics.jsonl."""
 
-    def __init__(self, ctx: RunContext, phase: str):
-        self.ctx, self.phase, self.cfg = ctx, phase, ctx.config.growth
+    def __init__(self, ctx: RunContext, phase: str, build_steps: Callable[[NetworkSpec], Steps]):
+        self.ctx, self.phase, self.cfg, self.build_steps = ctx, phase, ctx.config.growth, build_steps
         self.val_accs: list[float] = []   # since the last growth
         self.history: list[dict] = []
         self.done: list[str] = []
@@ -199,22 +259,32 @@ class Grower:
         self.check_batch = next(iter(ctx.eval_split.eval_batches(ctx.config.data.eval_batch_size)))
 
     def _event(self, event: str, epoch: int, state: TrainState, **fields) -> None:
-        record = {'event': event, 'phase': self.phase, 'epoch': epoch, 'step': int(state.step), **fields}
-        self.ctx.writer.write(record)
+        self.ctx.writer.event(event, phase=self.phase, epoch=epoch, step=int(state.step), **fields)
         print(f'[{self.phase} {epoch + 1}] {event}: ' + ', '.join(f'{k}={v}' for k, v in fields.items()), flush=True)
 
-    def after_epoch(self, epoch: int, record: dict, spec: NetworkSpec, state: TrainState, steps: Steps):
+    def after_epoch(self, epoch: int, record: dict, spec: NetworkSpec, state: TrainState, steps: Steps,
+                    requests: list[str] = ()):
+        """requests: monitor actions for the growth phase ('grow', 'rollback') from this epoch."""
         self.val_accs.append(record['val_acc'])
         self.history.append(record)
-        if self.snapshot is not None and epoch - self.snapshot.epoch >= self.cfg.rollback_patience:
-            snap, self.snapshot = self.snapshot, None
+        snap = self.snapshot
+        if snap is not None and 'rollback' in requests:
+            reason = 'the stability monitor asked for a rollback (divergence)'
+        elif snap is not None and epoch - snap.epoch >= self.cfg.rollback_patience:
+            self.snapshot, reason = None, None
             if record['val_acc'] < snap.val_acc - self.cfg.rollback_margin:
-                self._event('growth_rollback', epoch, state, kind=snap.event['kind'],
-                            reason=f"val_acc {record['val_acc']:.4f} < {snap.val_acc:.4f} - margin "
-                                   f'{self.cfg.rollback_margin} after {epoch - snap.epoch} epochs')
-                self.val_accs = [snap.val_acc]
-                return snap.spec, snap.state, snap.steps
+                reason = (f"val_acc {record['val_acc']:.4f} < {snap.val_acc:.4f} - margin "
+                          f'{self.cfg.rollback_margin} after {epoch - snap.epoch} epochs')
+        else:
+            reason = None
+        if reason is not None:
+            self.snapshot = None
+            self._event('growth_rollback', epoch, state, kind=snap.event['kind'], reason=reason)
+            self.val_accs = [snap.val_acc]
+            return snap.spec, snap.state, snap.steps
         kind = growth_policy.decide(self.cfg, epoch, self.val_accs, len(self.done))
+        if kind is None and 'grow' in requests and len(self.done) < self.cfg.max_growths:
+            kind = self.cfg.kind
         if kind is None:
             return spec, state, steps
         for candidate in growth_policy.candidates(kind, spec, self.history, self.done):
@@ -230,7 +300,8 @@ class Grower:
         try:
             grown = growth.grow(kind, spec, variables, (state.weight_opt_state, state.arch_opt_state),
                                 jax.random.fold_in(self.ctx.keys['init'], int(state.step)),
-                                txs=search_txs(c, self.ctx.weights_split.num_batches(c.search.batch_size)), **growth_policy.options(kind, self.cfg))
+                                txs=search_txs(c, self.ctx.weights_split.num_batches(c.search.batch_size)),
+                                **growth_policy.options(kind, self.cfg))
         except growth.GrowthSkipped as e:
             self._event('growth_skipped', epoch, state, kind=kind, reason=str(e))
             return None
@@ -241,7 +312,7 @@ class Grower:
         new_state = state.replace(params=grown.variables['params'], batch_stats=grown.variables['batch_stats'],
                                   weight_opt_state=grown.opt_states[0], arch_opt_state=grown.opt_states[1])
         _, before = steps.eval_step(snapshot_state, self.check_batch)
-        new_steps = _search_steps(self.ctx, self.phase, grown.spec)
+        new_steps = self.build_steps(grown.spec)
         sample = next(iter(self.ctx.weights_split.epoch_batches(self.ctx.keys['data_weights'], c.search.batch_size)))
         compile_s = None  # sharded steps compile at their first call (in that epoch's first_step_s)
         if c.parallel.data_parallel:
