@@ -98,15 +98,19 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
 
 
 def smoke_overrides(c: ml_collections.ConfigDict) -> None:
-    """A CPU-sized run: a small supernet, few epochs, single-path Gumbel, a small derived net."""
+    """A CPU-sized run: 16x16 images, a small supernet grown once in depth and once in width,
+    single-path Gumbel, a small derived net."""
     c.data.source = 'cifar_dir'
     c.data.dir = '../shared/data/cifar10-subset'
     c.data.eval_batch_size = 512
+    c.data.image_size = 16
     c.model.C = 4
     c.model.layers = 3
     c.search.batch_size = 32
     c.search.warmup_epochs = 1
-    c.search.search_epochs = 1
+    c.search.search_epochs = 3
+    c.growth.trigger = 'schedule'
+    c.growth.schedule = '0:depth,1:width'
     c.search.arch_every = 2
     c.search.tau_max = 5.0
     c.search.tau_min = 1.0

@@ -138,7 +138,8 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
     acfg = config_lib.arch_opt_config(c)
     total_steps = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
     weight_tx = weight_transform(wcfg, total_steps)
-    step_cfg = config_lib.search_step_config(c, phase, tau_steps)
+    step_cfg = dataclasses.replace(config_lib.search_step_config(c, phase, tau_steps),
+                                   tau_start=c.search.warmup_epochs * n_batches if phase == 'search' else 0)
     knobs = {'arch_lr_scale': 1.0, 'tau_scale': 1.0, 'arch_weight_decay': acfg.weight_decay}
 
     def build_steps(spec: NetworkSpec) -> Steps:

@@ -36,6 +36,7 @@ class SearchStepConfig:
     tau_min: float = 0.1
     tau_schedule: str = 'exponential'
     tau_steps: int = 1000
+    tau_start: int = 0              # the step the schedule starts at (the search phase follows warmup)
     cutout: int = 0
     unrolled: bool = False
     unrolled_lr: float = 0.025
@@ -74,7 +75,7 @@ def cross_entropy(logits, labels, mask=None):
 
 def edge_weights(cfg: SearchStepConfig, arch: dict, key, step):
     """Edge weights for a train step and the temperature used."""
-    tau = gumbel.temperature(step, cfg.tau_steps, cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+    tau = gumbel.temperature(step - cfg.tau_start, cfg.tau_steps, cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
     if cfg.sampling == 'uniform':
         zeros = {t: jnp.zeros_like(arch[t]) for t in CELL_TYPES}
         if not cfg.hard:

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
-from asose_jax import monitor, phases, visualize
+from asose_jax import monitor, phases, stability, visualize
 from asose_jax.network import count_params, init_search_variables
 from asose_jax.train_state import create_train_state
 
@@ -67,8 +67,12 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
     spec, state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs)
     spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs)
-    genotype = phases.genotype_of(spec, state.params)
-    monitor.save_genotype(os.path.join(workdir, 'genotype.json'), genotype)
+    guarded = stability.guarded_genotype(jax.device_get(state.params['arch']),
+                                         stability.MonitorConfig.from_config(c.monitor), spec.steps,
+                                         spec.multiplier, spec.primitives)
+    genotype = guarded.genotype  # the DARTS derivation, skip-capped when monitor.collapse_remedy='cap_skip'
+    monitor.save_genotype(os.path.join(workdir, 'genotype.json'), genotype, raw_genotype=str(guarded.raw),
+                          capped=guarded.capped)
     visualize.save_genotype_pictures(genotype, workdir, title='derived genotype')
     with open(os.path.join(workdir, 'spec.json'), 'w') as f:
         f.write(spec.to_json())
@@ -78,6 +82,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                'wall_s': time.time() - t_start}
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
+    ctx.writer.close()
     print(f"done in {summary['wall_s']:.0f}s: val_acc {summary['val_acc']:.4f}", flush=True)
     return summary
 

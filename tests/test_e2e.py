@@ -1,27 +1,36 @@
-"""All phases end to end on real CIFAR-10 images (../shared/data/cifar10-subset)."""
+"""All phases end to end on real CIFAR-10 images (../shared/data/cifar10-subset), growth included."""
 import json
 import os
 
 import jax
 import pytest
 
+from asose_jax import phases
+from asose_jax.spec import NetworkSpec
 from asose_jax.train import run
 from test_config import _load
 
 
 @pytest.fixture
-def xla_optimizations():
-    """Training-speed test: turn XLA optimisations back on (conftest turns them off)."""
-    jax.config.update('jax_disable_most_optimizations', False)
-    yield
-    jax.config.update('jax_disable_most_optimizations', True)
+def optimized_optimize_phase(monkeypatch):
+    """The search phases stay unoptimised (conftest: each of their ~10 programs compiles in seconds,
+    growth recompiles twice); the derived network trains with XLA optimisations on (one program,
+    five epochs)."""
+    inner = phases.optimize_phase
+
+    def optimize_phase(*args, **kwargs):
+        jax.config.update('jax_disable_most_optimizations', False)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            jax.config.update('jax_disable_most_optimizations', True)
+    monkeypatch.setattr(phases, 'optimize_phase', optimize_phase)
 
 
 @pytest.mark.e2e
-def test_smoke_search_learns(subset_dir, tmp_path, xla_optimizations):
-    c = _load('cifar10', 'smoke')
+def test_smoke_search_grows_and_learns(subset_dir, tmp_path, optimized_optimize_phase):
+    c = _load('cifar10', 'smoke')  # 16x16, growth '0:depth,1:width'
     c.data.dir = subset_dir
-    c.data.image_size = 16  # real images, average-pooled, to fit the CI budget
     c.data.max_train = 1536
     c.data.max_test = 512
     c.optimize.C = 8
@@ -30,11 +39,19 @@ def test_smoke_search_learns(subset_dir, tmp_path, xla_optimizations):
     c.progress = False
     summary = run(c, str(tmp_path))
     for name in ('config.json', 'metrics.jsonl', 'genotype.json', 'spec.json', 'summary.json',
-                 'genotypes/warmup_epoch000.json', 'genotypes/search_epoch000.json'):
+                 'genotypes/warmup_epoch000.json', 'genotypes/search_epoch002.json'):
         assert os.path.exists(tmp_path / name), name
-    records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-    assert [r['phase'] for r in records] == ['warmup', 'search'] + ['optimize'] * 5
+    lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    records = [r for r in lines if 'event' not in r]
+    assert [r['phase'] for r in records] == ['warmup'] + ['search'] * 3 + ['optimize'] * 5
     for key in ('loss', 'acc', 'val_loss', 'val_acc', 'tau', 'arch_entropy', 'skip_count', 'images_per_sec'):
         assert key in records[1], key
     assert 0 < records[1]['arch_entropy'] <= 2.08 + 1e-6  # <= log(8)
+    growths = [r for r in lines if r.get('event') == 'growth']
+    assert [g['kind'] for g in growths] == ['depth', 'width'], growths
+    for g in growths:  # function-preserving on real images, recompiled once, logged
+        assert g['max_logit_change'] <= 1e-4 and g['compile_s'] > 0 and g['params_after'] > g['params_before'], g
+    assert [r['cells'] for r in records[1:4]] == [3, 4, 4]
+    spec = NetworkSpec.from_json(open(tmp_path / 'spec.json').read())
+    assert spec.layers == 4 and [json.loads(h)['kind'] for h in spec.growth_history] == ['depth', 'width']
     assert summary['val_acc'] >= 0.2, summary  # chance is 0.1
