@@ -49,6 +49,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         tau_schedule='exponential',
         unrolled=False,           # second-order arch gradient
         eval_mode='argmax',
+        fast_compile=False,       # compile warmup/search steps with most XLA optimisations off: seconds
+                                  # instead of a minute per program, slower steps (tiny CPU runs only)
     )
     c.weight_optim = dict(lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, grad_clip=5.0)
     c.arch_optim = dict(lr=3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
@@ -111,6 +113,7 @@ def smoke_overrides(c: ml_collections.ConfigDict) -> None:
     c.search.search_epochs = 3
     c.growth.trigger = 'schedule'
     c.growth.schedule = '0:depth,1:width'
+    c.search.fast_compile = True
     c.search.arch_every = 2
     c.search.tau_max = 5.0
     c.search.tau_min = 1.0

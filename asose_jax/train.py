@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -30,6 +31,17 @@ def enable_compilation_cache(path: str | None = None) -> None:
     jax.config.update('jax_compilation_cache_dir', path)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+@contextlib.contextmanager
+def fast_compile(enabled: bool):
+    """When enabled, the enclosed steps compile with most XLA optimisations off (restored after)."""
+    before = jax.config.jax_disable_most_optimizations
+    jax.config.update('jax_disable_most_optimizations', before or enabled)
+    try:
+        yield
+    finally:
+        jax.config.update('jax_disable_most_optimizations', before)
 
 
 def load_splits(c: ml_collections.ConfigDict) -> dict:
@@ -65,8 +77,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
           f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
     state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
-    spec, state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs)
-    spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs)
+    with fast_compile(c.search.fast_compile):
+        spec, state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs)
+        spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs)
     guarded = stability.guarded_genotype(jax.device_get(state.params['arch']),
                                          stability.MonitorConfig.from_config(c.monitor), spec.steps,
                                          spec.multiplier, spec.primitives)
