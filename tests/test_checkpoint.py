@@ -38,7 +38,7 @@ def reference(tmp_path_factory):
 
 
 def train_cmd(workdir, env_extra):
-    env = {**os.environ, 'ASOSE_JAX_CACHE': jax.config.read('jax_compilation_cache_dir'),
+    env = {**os.environ, 'ASOSE_JAX_CACHE': jax.config.jax_compilation_cache_dir,
            'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'PYTHONPATH': ROOT, **env_extra}
     return subprocess.run([sys.executable, '-m', 'asose_jax.train', '--config', CONFIG, '--workdir', str(workdir)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
