@@ -95,6 +95,12 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         max_skip=2,
         arch_wd_factor=3.0,
     )
+    c.checkpoint = dict(           # asose_jax/checkpoint.py; README "Resume and faults"
+        enabled=True,
+        max_to_keep=3,             # latest checkpoints kept (plus the best by val_acc and the pre-growth ones)
+        fresh=False,               # True: move an existing workdir aside (<workdir>.old-<time>) and start over
+        nan_retries=3,             # non-finite metrics: roll the epoch back with the weight lr halved, this often
+    )
     c.progress = True
     return c
 
@@ -193,6 +199,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(0 <= o.drop_path < 1, 'optimize.drop_path', o.drop_path, '[0, 1)')
     _check(o.cutout >= 0 and o.aux_weight >= 0, 'optimize.cutout/aux_weight', (o.cutout, o.aux_weight), '>= 0')
     validate_growth(c)
+    if 'checkpoint' in c:
+        k = c.checkpoint
+        _check(isinstance(k.max_to_keep, int) and k.max_to_keep >= 1, 'checkpoint.max_to_keep', k.max_to_keep,
+               'an integer >= 1')
+        _check(isinstance(k.nan_retries, int) and k.nan_retries >= 0, 'checkpoint.nan_retries', k.nan_retries,
+               'an integer >= 0')
 
 
 def validate_growth(c: ml_collections.ConfigDict) -> None:

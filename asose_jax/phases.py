@@ -6,10 +6,13 @@ Steps are built once per phase (and once per spec), so each compiles once.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import os
+import signal
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +24,23 @@ from asose_jax import config as config_lib
 from asose_jax import growth, growth_policy, monitor, parallel, stability
 from asose_jax.data import DeviceSplit
 from asose_jax.genotype import Genotype, derive
-from asose_jax.optim import arch_transform, weight_schedule, weight_transform
+from asose_jax.network import init_search_variables
+from asose_jax.optim import WeightOptConfig, arch_transform, weight_schedule, weight_transform
 from asose_jax.spec import NetworkSpec
-from asose_jax.steps import Steps, make_search_steps
-from asose_jax.train_state import TrainState
+from asose_jax.steps import Steps, make_fixed_steps, make_search_steps
+from asose_jax.train_state import TrainState, create_train_state
+
+# Test-only fault hooks (environment, 'PHASE:STEP'): ASOSE_KILL_AT sends SIGKILL to this process right
+# after weight step STEP of PHASE; ASOSE_NAN_AT turns the weights into NaN after that step (once per
+# process), as a non-finite gradient would. Used by tests/test_checkpoint.py.
+KILL_ENV, NAN_ENV = 'ASOSE_KILL_AT', 'ASOSE_NAN_AT'
+_nan_injected: set = set()
+STOP = {'signal': None}  # set by train.py's SIGTERM/SIGINT handler; checked between steps
+
+
+class Interrupted(Exception):
+    """A stop signal arrived: the current step finished and a checkpoint was saved."""
+
 
 STREAMS = ('data_weights', 'data_arch', 'data_optimize', 'weight', 'arch', 'optimize', 'init', 'optimize_init')
 
@@ -45,6 +61,7 @@ class RunContext:
     eval_split: DeviceSplit
     keys: dict
     writer: monitor.MetricsWriter
+    ckpt: Any = None  # checkpoint.RunCheckpoints, or None (no checkpoints: the evaluation CLI, tests)
 
     @property
     def progress(self) -> bool:
@@ -68,41 +85,124 @@ def evaluate(steps: Steps, state: TrainState, split: DeviceSplit, batch_size: in
     return {'val_loss': loss / max(total, 1.0), 'val_acc': acc / max(total, 1.0)}
 
 
-def _cycle(split: DeviceSplit, key, batch_size: int) -> Iterator[dict]:
-    """Endless batches of the arch half, reshuffled on every pass."""
-    epoch = 0
+def _cycle(split: DeviceSplit, key, batch_size: int, start: int = 0) -> Iterator[dict]:
+    """Endless batches of the arch half, reshuffled on every pass; `start` batches already consumed
+    (a resume repositions the stream: pass p's order is fold_in(key, p))."""
+    n = split.num_batches(batch_size)
+    epoch, skip = divmod(start, n)
     while True:
-        yield from split.epoch_batches(jax.random.fold_in(key, epoch), batch_size)
-        epoch += 1
+        yield from itertools.islice(split.epoch_batches(jax.random.fold_in(key, epoch), batch_size), skip, None)
+        epoch, skip = epoch + 1, 0
+
+
+def _fault_hooks(phase: str, state: TrainState) -> TrainState:
+    """Test-only: ASOSE_KILL_AT / ASOSE_NAN_AT (see KILL_ENV)."""
+    for env in (KILL_ENV, NAN_ENV):
+        at = os.environ.get(env)
+        if not at or at.rpartition(':')[0] != phase or int(state.step) != int(at.rpartition(':')[2]):
+            continue
+        if env == KILL_ENV:
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif at not in _nan_injected:
+            _nan_injected.add(at)
+            nan_weights = jax.tree_util.tree_map(lambda x: x * jnp.nan, state.params['weights'])
+            state = state.replace(params={**state.params, 'weights': nan_weights})
+    return state
 
 
 def _run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batches: int, desc: str,
                step_key, after_step: Callable | None = None):
     """Runs weight steps over `batches`; returns (state, mean train metrics, images/s, first-step s)."""
-    sums: dict = {}
+    return run_epoch(ctx, steps, state, batches, n_batches, desc, step_key, after_step)[:4]
+
+
+def run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batches: int, desc: str,
+              step_key, after_step: Callable | None = None, phase: str = '', skip: int = 0,
+              partial: dict | None = None):
+    """Runs weight steps over `batches` (the first `skip` already done, their metrics in `partial`);
+    returns (state, mean train metrics, images/s, first-step s, batches done). Stops early, after
+    the current step, when a stop signal arrived (batches done < n_batches)."""
+    sums: dict = {k: [jnp.float32(x) for x in v] for k, v in (partial or {}).items()}
     t_first = t0 = time.time()
-    first_step_s, images = 0.0, 0
-    for i, batch in enumerate(tqdm(batches, total=n_batches, desc=desc, disable=not ctx.progress, leave=False)):
+    first_step_s, images, done = 0.0, 0, skip
+    hooks = bool(os.environ.get(KILL_ENV) or os.environ.get(NAN_ENV))
+    batches = itertools.islice(batches, skip, None)
+    for i, batch in enumerate(tqdm(batches, total=n_batches - skip, desc=desc, disable=not ctx.progress,
+                                   leave=False), start=skip):
         state, m = steps.weight_step(state, batch, step_key)
+        if hooks:
+            state = _fault_hooks(phase, state)
         if after_step is not None:
             state, extra = after_step(state, i)
             m = {**m, **extra}
         for k, v in m.items():
             sums.setdefault(k, []).append(v)
-        if i == 0:
+        done = i + 1
+        if i == skip:
             jax.block_until_ready(state.step)
             first_step_s = time.time() - t_first
             t0 = time.time()
         else:
             images += batch['label'].shape[0]
+        if STOP['signal'] is not None and done < n_batches:
+            break
     jax.block_until_ready(state.step)
     elapsed = time.time() - t0
+    if done < n_batches:  # interrupted: the raw per-step metrics go into the checkpoint
+        return state, {k: [float(x) for x in jax.device_get(v)] for k, v in sums.items()}, 0.0, 0.0, done
     means = {k: float(np.mean(jax.device_get(jnp.stack(v)))) for k, v in sums.items()}
-    return state, means, (images / elapsed if elapsed > 0 and images else float('nan')), first_step_s
+    return state, means, (images / elapsed if elapsed > 0 and images else float('nan')), first_step_s, done
+
+
+def _non_finite(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)}
+
+
+def stop_message(workdir: str) -> str:
+    return (f'stopped by signal {STOP["signal"]} after the current step; a checkpoint was saved in '
+            f'{workdir}/checkpoints. Resume with the same command (same --config and --workdir).')
+
+
+class NanGuard:
+    """Non-finite loss/metrics at an epoch end: restore the state from that epoch's start, halve the
+    weight learning rate and retry, at most `checkpoint.nan_retries` times per phase; then stop with
+    an error naming the phase and the step range. Never continues silently."""
+
+    def __init__(self, ctx: RunContext, phase: str):
+        self.ctx, self.phase = ctx, phase
+        self.retries = int(ctx.config.checkpoint.nan_retries) if 'checkpoint' in ctx.config else 0
+        self.used = 0
+        self.good, self.first = None, 0
+
+    def remember(self, state: TrainState) -> None:
+        self.first = int(state.step) + 1
+        if self.retries:
+            self.good = jax.device_get(state)
+
+    def check(self, epoch: int, record: dict, knobs: dict) -> TrainState | None:
+        """None when the record is finite; else the state to retry the epoch from (lr halved in knobs)."""
+        bad = _non_finite(record)
+        if not bad:
+            return None
+        last = record.get('step')
+        first = self.first
+        where = f'{self.phase} epoch {epoch}, steps {first}..{last}'
+        if self.used >= self.retries:
+            raise FloatingPointError(f'{where}: non-finite metrics {bad}; stopping after {self.used} '
+                                     f'rollback(s) with the weight learning rate halved each time (no silent '
+                                     'continuation). Lower the learning rate or check the data.')
+        self.used += 1
+        knobs['lr_scale'] = knobs.get('lr_scale', 1.0) * 0.5
+        self.ctx.writer.event('nan_rollback', phase=self.phase, epoch=epoch, steps=[first, last],
+                              metrics=sorted(bad), lr_scale=knobs['lr_scale'], retry=self.used)
+        print(f'[{self.phase} {epoch + 1}] WARNING non-finite {sorted(bad)} in steps {first}..{last}: '
+              f'restored the state from the epoch start, weight lr x{knobs["lr_scale"]}, '
+              f'retry {self.used}/{self.retries}', flush=True)
+        return jax.device_put(self.good)
 
 
 def _check_finite(phase: str, epoch: int, metrics: dict) -> None:
-    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)}
+    bad = _non_finite(metrics)
     if bad:
         raise FloatingPointError(f'{phase} epoch {epoch}: non-finite metrics {bad}; stopping '
                                  '(no silent continuation). Lower the learning rate or check the data.')
@@ -116,7 +216,7 @@ def search_txs(c: ml_collections.ConfigDict, n_batches: int) -> tuple:
 
 
 def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainState, epochs: int,
-                 first_epoch: int = 0) -> tuple[NetworkSpec, TrainState]:
+                 first_epoch: int = 0, resume: dict | None = None) -> tuple[NetworkSpec, TrainState]:
     """warmup: weight steps on uniform edge weights. search: weight steps on the weight half, an
     arch step on the arch half every `arch_every` weight steps; genotype saved every epoch.
     Returns the (possibly grown) spec and the state.
@@ -128,6 +228,10 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
     raises the arch weight decay once. In search, the Grower then grows the network (growth.trigger,
     or a monitor 'grow' on plateau) or rolls a recent growth back (rollback_patience, or a
     monitor 'rollback' on divergence).
+
+    With ctx.ckpt, a checkpoint is saved at every epoch end (and when a stop signal arrives);
+    `resume` (a checkpoint's meta of this phase) restarts at its epoch and batch with its knobs and
+    grower state. Non-finite metrics roll the epoch back (NanGuard).
     """
     c = ctx.config
     mcfg = stability.MonitorConfig.from_config(c.monitor)
@@ -137,13 +241,18 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
     wcfg = config_lib.weight_opt_config(c)
     acfg = config_lib.arch_opt_config(c)
     total_steps = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
-    weight_tx = weight_transform(wcfg, total_steps)
     step_cfg = dataclasses.replace(config_lib.search_step_config(c, phase, tau_steps),
                                    tau_start=c.search.warmup_epochs * n_batches if phase == 'search' else 0)
-    knobs = {'arch_lr_scale': 1.0, 'tau_scale': 1.0, 'arch_weight_decay': acfg.weight_decay}
+    knobs = {'arch_lr_scale': 1.0, 'tau_scale': 1.0, 'arch_weight_decay': acfg.weight_decay, 'lr_scale': 1.0}
+    resume = resume or {}
+    knobs.update(resume.get('knobs', {}))
+    first_epoch = resume.get('epoch', first_epoch)
+    skip = resume.get('batch', 0)
 
     def build_steps(spec: NetworkSpec) -> Steps:
-        """Steps for a spec and the current knobs (hyper-parameters only: the Adam state carries over)."""
+        """Steps for a spec and the current knobs (hyper-parameters only: the optimizer states carry over)."""
+        weight_tx = weight_transform(dataclasses.replace(wcfg, lr=wcfg.lr * knobs['lr_scale'],
+                                                         lr_min=wcfg.lr_min * knobs['lr_scale']), total_steps)
         arch_tx = (arch_transform(dataclasses.replace(acfg, weight_decay=knobs['arch_weight_decay']),
                                   knobs['arch_lr_scale']) if phase == 'search' else None)
         cfg = dataclasses.replace(step_cfg, tau_max=step_cfg.tau_max * knobs['tau_scale'],
@@ -151,9 +260,20 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
         return make_search_steps(spec, cfg, weight_tx, arch_tx)
 
     steps, state = parallel.maybe_parallel(c, build_steps(spec), state)
-    arch_batches = _cycle(ctx.arch_split, ctx.keys['data_arch'], bs) if phase == 'search' else None
-    lr_at = weight_schedule(wcfg, total_steps)
+    per_epoch = n_batches // c.search.arch_every  # arch batches drawn per epoch
+    arch_batches = (_cycle(ctx.arch_split, ctx.keys['data_arch'], bs,
+                           first_epoch * per_epoch + skip // c.search.arch_every) if phase == 'search' else None)
     grower = Grower(ctx, phase, build_steps) if phase == 'search' else None
+    if grower is not None and resume.get('grower'):
+        grower.load(resume['grower'], lambda m: abstract_search_state(ctx, NetworkSpec.from_dict(m['spec'])))
+    nan_guard = NanGuard(ctx, phase)
+
+    def save(next_epoch: int, batch: int = 0, val_acc=None, partial=None) -> None:
+        if ctx.ckpt is not None:
+            ctx.ckpt.save(state, {'phase': phase, 'epoch': next_epoch, 'batch': batch, 'spec': spec.to_dict(),
+                                  'knobs': knobs, 'grower': grower.to_meta() if grower else None,
+                                  'partial': partial, 'metrics_lines': len(ctx.writer.read()),
+                                  'config': json.loads(c.to_json_best_effort())}, val_acc)
 
     def arch_after(st, i):
         if (i + 1) % c.search.arch_every:
@@ -165,17 +285,31 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
                          condition=action.condition, reason=action.reason, applied=applied, **fields)
         print(f'[monitor] {action.kind} ({"applied" if applied else "not applied"}): {action.reason}', flush=True)
 
-    for epoch in range(first_epoch, epochs):
-        data_key = jax.random.fold_in(ctx.keys['data_weights'], int(state.step))
-        state, train_m, ips, first_s = _run_epoch(
+    epoch = first_epoch
+    while epoch < epochs:
+        nan_guard.remember(state)
+        data_key = jax.random.fold_in(ctx.keys['data_weights'], int(state.step) - skip)  # the epoch start's step
+        state, train_m, ips, first_s, done = run_epoch(
             ctx, steps, state, ctx.weights_split.epoch_batches(data_key, bs), n_batches,
-            f'{phase} {epoch + 1}/{epochs}', ctx.keys['weight'], arch_after if arch_batches else None)
+            f'{phase} {epoch + 1}/{epochs}', ctx.keys['weight'], arch_after if arch_batches else None,
+            phase=phase, skip=skip, partial=resume.get('partial') if skip else None)
+        if done < n_batches:  # a stop signal: save the position inside the epoch and leave
+            save(epoch, done, partial=train_m)
+            raise Interrupted(stop_message(ctx.workdir))
+        skip = 0
+        lr_at = weight_schedule(dataclasses.replace(wcfg, lr=wcfg.lr * knobs['lr_scale'],
+                                                    lr_min=wcfg.lr_min * knobs['lr_scale']), total_steps)
         record = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
                   'first_step_s': first_s, 'cells': spec.layers, 'lr': float(lr_at(int(state.step))), **train_m,
                   **evaluate(steps, state, ctx.eval_split, c.data.eval_batch_size, ctx.progress)}
         if phase == 'search':
             record.update(arch_lr=knobs['arch_lr_scale'] * acfg.lr, arch_weight_decay=knobs['arch_weight_decay'])
-        _check_finite(phase, epoch, record)
+        retry = nan_guard.check(epoch, record, knobs)
+        if retry is not None:  # the arch stream is repositioned to the epoch start too
+            arch_batches = (_cycle(ctx.arch_split, ctx.keys['data_arch'], bs, epoch * per_epoch)
+                            if phase == 'search' else None)
+            steps, state = parallel.maybe_parallel(c, build_steps(spec), retry)
+            continue
         arch = jax.device_get(state.params['arch'])
         guard = stability.guarded_genotype(arch, mcfg, spec.steps, spec.multiplier, spec.primitives)
         g = guard.genotype
@@ -224,13 +358,24 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
         print(f"[{phase} {epoch + 1}/{epochs}] loss {record['loss']:.3f} acc {record['acc']:.3f} "
               f"val_acc {record['val_acc']:.3f} tau {record['tau']:.2f} {ips:.1f} img/s "
               f"health {record['health']:.2f}", flush=True)
+        if rebuild and not stop:
+            steps, state = parallel.maybe_parallel(c, build_steps(spec), state)
+        if grower is not None and epoch < epochs - 1 and not stop:
+            spec, state, steps = grower.after_epoch(epoch, record, spec, state, steps, requests)
+        epoch += 1
+        save(epochs if stop else epoch, val_acc=record['val_acc'])
         if stop:
             break
-        if rebuild:
-            steps, state = parallel.maybe_parallel(c, build_steps(spec), state)
-        if grower is not None and epoch < epochs - 1:
-            spec, state, steps = grower.after_epoch(epoch, record, spec, state, steps, requests)
     return spec, state
+
+
+def abstract_search_state(ctx: RunContext, spec: NetworkSpec):
+    """Shapes and dtypes of a search TrainState for `spec` (no computation): a restore's target."""
+    c = ctx.config
+    txs = search_txs(c, ctx.weights_split.num_batches(c.search.batch_size))
+    size = int(ctx.train_split.images.shape[1])
+    return jax.eval_shape(lambda k: create_train_state(init_search_variables(spec, k, size, c.model.depthwise_impl),
+                                                       *txs), ctx.keys['init'])
 
 
 @dataclasses.dataclass
@@ -243,6 +388,7 @@ class _Snapshot:
     val_acc: float
     epoch: int
     event: dict
+    ckpt: int | None = None  # its number in checkpoints_pre_growth/
 
 
 class Grower:
@@ -258,6 +404,25 @@ class Grower:
         self.done: list[str] = []
         self.snapshot: _Snapshot | None = None
         self.check_batch = next(iter(ctx.eval_split.eval_batches(ctx.config.data.eval_batch_size)))
+
+    def to_meta(self) -> dict:
+        """The grower's state as JSON (the snapshot by its pre-growth checkpoint number)."""
+        snap = self.snapshot
+        if snap is not None and snap.ckpt is None:
+            raise RuntimeError('a pre-growth snapshot without a checkpoint cannot be saved')
+        return monitor._plain({'val_accs': self.val_accs, 'history': self.history, 'done': self.done,
+                               'snapshot': None if snap is None else {'ckpt': snap.ckpt, 'val_acc': snap.val_acc,
+                                                                      'epoch': snap.epoch, 'event': snap.event}})
+
+    def load(self, meta: dict, abstract_state: Callable) -> None:
+        """Inverse of to_meta; the snapshot's network comes back from checkpoints_pre_growth/."""
+        self.val_accs, self.history, self.done = list(meta['val_accs']), list(meta['history']), list(meta['done'])
+        snap = meta['snapshot']
+        if snap is not None:
+            smeta, state = self.ctx.ckpt.restore_pre_growth(snap['ckpt'], abstract_state)
+            spec = NetworkSpec.from_dict(smeta['spec'])
+            self.snapshot = _Snapshot(spec, jax.device_put(state), self.build_steps(spec), snap['val_acc'],
+                                      snap['epoch'], snap['event'], snap['ckpt'])
 
     def _event(self, event: str, epoch: int, state: TrainState, **fields) -> None:
         self.ctx.writer.event(event, phase=self.phase, epoch=epoch, step=int(state.step), **fields)
@@ -331,19 +496,106 @@ class Grower:
             fields.update(loss_before=float(before['loss']), loss_after=float(after['loss']),
                           acc_before=float(before['acc']), acc_after=float(after['acc']))
         self._event('growth', epoch, state, **fields)
-        self.snapshot = _Snapshot(spec, snapshot_state, steps, self.val_accs[-1], epoch, grown.event)
+        ckpt = (self.ctx.ckpt.save_pre_growth(snapshot_state, {'phase': self.phase, 'epoch': epoch,
+                                                               'spec': spec.to_dict()})
+                if self.ctx.ckpt is not None else None)
+        self.snapshot = _Snapshot(spec, snapshot_state, steps, self.val_accs[-1], epoch, grown.event, ckpt)
         self.done.append(kind)
         self.val_accs = [self.val_accs[-1]]
         return grown.spec, new_state, new_steps
 
 
-def optimize_phase(ctx: RunContext, genotype: Genotype, spec: NetworkSpec) -> tuple[TrainState, dict]:
+def optimize_phase(ctx: RunContext, genotype: Genotype, spec: NetworkSpec,
+                   resume: tuple[dict, TrainState] | None = None) -> tuple[TrainState, dict]:
     """Trains a freshly initialised FixedNetwork(genotype) on the whole training set.
 
-    The loop is `evaluate.train_fixed`, shared with the evaluation CLI; imported here because
-    evaluate builds on this module (RunContext, the epoch loop).
+    Without checkpoints this is `evaluate.train_fixed` (shared with the evaluation CLI). With
+    ctx.ckpt it is the same loop plus a checkpoint at every epoch end (and on a stop signal), the
+    NaN rollback, and `resume` = (meta, state) of an optimize-phase checkpoint.
     """
-    from asose_jax import evaluate as evaluate_lib
+    from asose_jax import evaluate as evaluate_lib  # evaluate builds on this module
     cfg = evaluate_lib.FixedTrainConfig.from_config(ctx.config, spec.num_classes, spec)
-    _, state, record = evaluate_lib.train_fixed(ctx, genotype, cfg, phase='optimize')
+    if ctx.ckpt is None:
+        _, state, record = evaluate_lib.train_fixed(ctx, genotype, cfg, phase='optimize')
+        return state, record
+    phase, c = 'optimize', ctx.config
+    evaluate_lib.check_auxiliary(cfg, int(ctx.train_split.images.shape[1]))
+    model = cfg.model(genotype)
+    n_batches = ctx.train_split.num_batches(cfg.batch_size)
+    meta = resume[0] if resume else {}
+    knobs = {'lr_scale': 1.0, **meta.get('knobs', {})}
+    epoch, skip, record = meta.get('epoch', 0), meta.get('batch', 0), meta.get('record', {})
+
+    def build():
+        wcfg = WeightOptConfig(lr=cfg.lr * knobs['lr_scale'], lr_min=cfg.lr_min * knobs['lr_scale'],
+                                            momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                            grad_clip=cfg.grad_clip)
+        weight_tx = weight_transform(wcfg, max(cfg.epochs * n_batches, 1))
+        return weight_tx, make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight)
+
+    weight_tx, steps = build()
+    if resume:
+        state = resume[1]
+    else:
+        state = abstract_fixed_state(ctx, genotype, spec, materialise=True)
+    steps, state = parallel.maybe_parallel(c, steps, state)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params['weights']))
+    nan_guard = NanGuard(ctx, phase)
+
+    def save(next_epoch: int, batch: int = 0, val_acc=None, partial=None) -> None:
+        ctx.ckpt.save(state, {'phase': phase, 'epoch': next_epoch, 'batch': batch, 'spec': spec.to_dict(),
+                              'genotype': genotype.to_dict(), 'knobs': knobs, 'partial': partial,
+                              'record': record, 'metrics_lines': len(ctx.writer.read()),
+                              'config': json.loads(c.to_json_best_effort())}, val_acc)
+
+    while epoch < cfg.epochs:
+        nan_guard.remember(state)
+        data_key = jax.random.fold_in(ctx.keys['data_optimize'], int(state.step) - skip)
+        state, train_m, ips, first_s, done = run_epoch(
+            ctx, steps, state, ctx.train_split.epoch_batches(data_key, cfg.batch_size), n_batches,
+            f'{phase} {epoch + 1}/{cfg.epochs}', ctx.keys['optimize'], phase=phase, skip=skip,
+            partial=meta.get('partial') if skip else None)
+        if done < n_batches:
+            save(epoch, done, partial=train_m)
+            raise Interrupted(stop_message(ctx.workdir))
+        skip = 0
+        new = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
+               'first_step_s': first_s, 'params': n_params, **train_m,
+               **evaluate(steps, state, ctx.eval_split, cfg.eval_batch_size)}
+        retry = nan_guard.check(epoch, new, knobs)
+        if retry is not None:
+            weight_tx, steps = build()
+            steps, state = parallel.maybe_parallel(c, steps, retry)
+            continue
+        record = monitor._plain(new)
+        ctx.writer.write(new)
+        print(f"[{phase} {epoch + 1}/{cfg.epochs}] loss {new['loss']:.3f} acc {new['acc']:.3f} "
+              f"val_acc {new['val_acc']:.3f} {ips:.1f} img/s", flush=True)
+        epoch += 1
+        save(epoch, val_acc=new['val_acc'])
     return state, record
+
+
+def abstract_fixed_state(ctx: RunContext, genotype: Genotype, spec: NetworkSpec, materialise: bool = False):
+    """The optimize phase's TrainState (FixedNetwork(genotype)): shapes only, or (materialise) initialised."""
+    from asose_jax import evaluate as evaluate_lib
+    c = ctx.config
+    cfg = evaluate_lib.FixedTrainConfig.from_config(c, spec.num_classes, spec)
+    model = cfg.model(genotype)
+    size = int(ctx.train_split.images.shape[1])
+    n_batches = ctx.train_split.num_batches(cfg.batch_size)
+    wcfg = WeightOptConfig(lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+    weight_tx = weight_transform(wcfg, max(cfg.epochs * n_batches, 1))
+
+    def init(key):
+        variables = evaluate_lib.init_variables(model, key, size)
+        return create_train_state({'params': {'weights': variables['params'], 'arch': {}},
+                                   'batch_stats': variables.get('batch_stats', {})},
+                                  weight_tx, arch_transform(config_lib.arch_opt_config(c)))
+    if materialise:  # as evaluate.train_fixed: jitted init, then the state built from it
+        variables = jax.jit(lambda k: evaluate_lib.init_variables(model, k, size))(ctx.keys['optimize_init'])
+        return create_train_state({'params': {'weights': variables['params'], 'arch': {}},
+                                   'batch_stats': variables.get('batch_stats', {})},
+                                  weight_tx, arch_transform(config_lib.arch_opt_config(c)))
+    return jax.eval_shape(init, ctx.keys['optimize_init'])

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import sys
 import time
 
 import jax
@@ -16,8 +18,10 @@ from ml_collections import config_flags
 
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
-from asose_jax import monitor, phases, stability, visualize
+from asose_jax import checkpoint, monitor, phases, stability, visualize
+from asose_jax.genotype import Genotype
 from asose_jax.network import count_params, init_search_variables
+from asose_jax.spec import NetworkSpec
 from asose_jax.train_state import create_train_state
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cifar10.py:smoke.',
@@ -61,25 +65,103 @@ def load_splits(c: ml_collections.ConfigDict) -> dict:
     }
 
 
+def _truncate_metrics(workdir: str, lines: int) -> None:
+    """Drops metrics.jsonl lines written after the checkpoint a run resumes from."""
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip()][:lines]
+        with open(path, 'w') as f:
+            f.writelines(kept)
+
+
+def _resume(c: ml_collections.ConfigDict, ctx: phases.RunContext):
+    """(meta, state) of the latest readable checkpoint, or None. Refuses config changes that alter
+    shapes or data (checkpoint.fresh=True starts over instead)."""
+    def abstract(meta):
+        bad = checkpoint.incompatible_fields(meta['config'], checkpoint.config_dict(c))
+        if bad:
+            raise config_lib.ConfigError(
+                f'{ctx.workdir} holds a checkpoint of a run whose config differs in {bad}, which change the '
+                'network, the data or their order, so it cannot resume. Use the original values, another '
+                '--workdir, or --config.checkpoint.fresh=True (moves the old workdir aside, deletes nothing).')
+        spec = NetworkSpec.from_dict(meta['spec'])
+        if meta['phase'] == 'optimize':
+            return phases.abstract_fixed_state(ctx, Genotype.from_dict(meta['genotype']), spec)
+        return phases.abstract_search_state(ctx, spec)
+    found = ctx.ckpt.restore_latest(abstract)
+    if found is None:
+        return None
+    number, meta, state = found
+    print(f"resuming from checkpoint {number}: {meta['phase']} epoch {meta['epoch']} batch {meta['batch']} "
+          f'(step {int(state.step)})', flush=True)
+    return meta, jax.device_put(state)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs warmup -> search (growing between epochs if configured) -> optimize; returns the summary."""
+    """Runs warmup -> search (growing between epochs if configured) -> optimize; returns the summary.
+
+    With checkpoint.enabled, a workdir holding checkpoints is resumed from the latest readable one
+    (same phase, epoch, step, data order and noise)."""
     config_lib.validate(c)
     splits = load_splits(c)
+    ck = c.get('checkpoint', None)
+    if ck is not None and ck.fresh:
+        moved = checkpoint.move_aside(workdir)
+        if moved:
+            print(f'checkpoint.fresh: moved the old {workdir} to {moved}', flush=True)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(c.to_json_best_effort(indent=1))
     t_start = time.time()
     keys = phases.key_streams(c.seed)
+    ckpt = checkpoint.RunCheckpoints(workdir, ck.max_to_keep) if ck is not None and ck.enabled else None
     ctx = phases.RunContext(c, workdir, splits['weights'], splits['arch'], splits['train'], splits['eval'],
-                            keys, monitor.MetricsWriter(workdir))
-    spec = config_lib.network_spec(c)
-    variables = init_search_variables(spec, keys['init'], splits['train'].images.shape[1], c.model.depthwise_impl)
-    print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
-          f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
-    state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
+                            keys, None, ckpt)
+    resume = _resume(c, ctx) if ckpt is not None else None
+    if resume is not None:
+        _truncate_metrics(workdir, resume[0]['metrics_lines'])
+    elif ckpt is not None and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+        _truncate_metrics(workdir, 0)  # killed before the first checkpoint: start over
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(c.to_json_best_effort(indent=1))
+    ctx.writer = monitor.MetricsWriter(workdir)
+    phase = resume[0]['phase'] if resume else 'warmup'
+    if phase == 'optimize':
+        spec = NetworkSpec.from_dict(resume[0]['spec'])
+    elif resume is not None:
+        spec, state = NetworkSpec.from_dict(resume[0]['spec']), resume[1]
+    else:
+        spec = config_lib.network_spec(c)
+        variables = init_search_variables(spec, keys['init'], splits['train'].images.shape[1],
+                                          c.model.depthwise_impl)
+        print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
+              f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
+        state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
     with fast_compile(c.search.fast_compile):
-        spec, state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs)
-        spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs)
+        if phase == 'warmup':
+            spec, state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs,
+                                              resume=resume[0] if resume else None)
+        if phase in ('warmup', 'search'):
+            spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs,
+                                              resume=resume[0] if phase == 'search' else None)
+            resume = None
+    if phase == 'optimize':
+        genotype = Genotype.from_dict(resume[0]['genotype'])
+    else:
+        genotype = _derive_and_save(c, workdir, spec, state)
+    _, final = phases.optimize_phase(ctx, genotype, spec, resume)
+    summary = {'genotype': str(genotype), 'val_acc': final.get('val_acc', float('nan')),
+               'wall_s': time.time() - t_start}
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    ctx.writer.close()
+    if ckpt is not None:
+        ckpt.close()
+    print(f"done in {summary['wall_s']:.0f}s: val_acc {summary['val_acc']:.4f}", flush=True)
+    return summary
+
+
+def _derive_and_save(c, workdir, spec, state) -> Genotype:
+    """The search's final genotype (through the collapse guard), written with its pictures and the spec."""
     guarded = stability.guarded_genotype(jax.device_get(state.params['arch']),
                                          stability.MonitorConfig.from_config(c.monitor), spec.steps,
                                          spec.multiplier, spec.primitives)
@@ -90,14 +172,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, 'spec.json'), 'w') as f:
         f.write(spec.to_json())
     print(f'derived genotype: {genotype}', flush=True)
-    _, final = phases.optimize_phase(ctx, genotype, spec)
-    summary = {'genotype': str(genotype), 'val_acc': final.get('val_acc', float('nan')),
-               'wall_s': time.time() - t_start}
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
-    ctx.writer.close()
-    print(f"done in {summary['wall_s']:.0f}s: val_acc {summary['val_acc']:.4f}", flush=True)
-    return summary
+    return genotype
 
 
 def main(argv):
@@ -105,7 +180,20 @@ def main(argv):
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError('--config and --workdir are required')
     enable_compilation_cache()
-    run(_CONFIG.value, _WORKDIR.value)
+
+    def request_stop(signum, frame):  # finish the current step, save, exit (phases.run_epoch checks it)
+        del frame
+        if phases.STOP['signal'] is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        phases.STOP['signal'] = signal.Signals(signum).name
+        print(f'{phases.STOP["signal"]}: finishing the current step, then saving a checkpoint...', flush=True)
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except phases.Interrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(128 + getattr(signal, phases.STOP['signal'] or 'SIGTERM'))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,116 @@
+"""Checkpoints and resume: a run SIGKILLed once in each phase (warmup, search before and after a
+growth, optimize) and resumed each time ends bitwise equal to an uninterrupted run; a corrupt latest
+checkpoint falls back; shape-changing overrides are refused; NaN rolls back; max_to_keep holds."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from asose_jax import checkpoint, config
+from asose_jax import phases
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, 'tests', 'ckpt_tiny_config.py')
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+import ckpt_tiny_config  # noqa: E402
+
+# weight steps: warmup 1..2, search 3..8 (growth after step 4), optimize 1..4 (its own counter)
+KILLS = ('warmup:1', 'search:4', 'search:6', 'optimize:3')
+
+
+def restore_raw(workdir):
+    """(number, meta, state as saved) of the latest readable checkpoint."""
+    return checkpoint.RunCheckpoints(workdir).restore_latest(lambda meta: None)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    from asose_jax.train import run
+    workdir = tmp_path_factory.mktemp('reference')
+    run(ckpt_tiny_config.get_config(), str(workdir))
+    return workdir
+
+
+def train_cmd(workdir, env_extra):
+    env = {**os.environ, 'ASOSE_JAX_CACHE': jax.config.jax_compilation_cache_dir,
+           'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'PYTHONPATH': ROOT, **env_extra}
+    return subprocess.run([sys.executable, '-m', 'asose_jax.train', '--config', CONFIG, '--workdir', str(workdir)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_killed_in_every_phase_resumes_bitwise(reference, tmp_path):
+    workdir = tmp_path / 'killed'
+    for at in KILLS:
+        r = train_cmd(workdir, {phases.KILL_ENV: at})
+        assert r.returncode == -signal.SIGKILL, (at, r.returncode, r.stderr[-3000:])
+    r = train_cmd(workdir, {})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'resuming from checkpoint' in r.stdout
+    _, meta_ref, ref = restore_raw(reference)
+    _, meta, got = restore_raw(workdir)
+    assert (meta['phase'], meta['epoch']) == (meta_ref['phase'], meta_ref['epoch']) == ('optimize', 2)
+    leaves_ref, tree_ref = jax.tree_util.tree_flatten(ref)
+    leaves, tree = jax.tree_util.tree_flatten(got)
+    assert tree == tree_ref and len(leaves) > 10
+    for a, b in zip(leaves, leaves_ref):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert json.load(open(workdir / 'genotype.json')) == json.load(open(reference / 'genotype.json'))
+    grown = json.load(open(workdir / 'spec.json'))
+    assert len(grown['cells']) == 3 and grown == json.load(open(reference / 'spec.json'))  # resumed grown
+    epochs = [(r['phase'], r['epoch']) for r in map(json.loads, open(workdir / 'metrics.jsonl')) if 'event' not in r]
+    assert epochs == [('warmup', 0), ('search', 0), ('search', 1), ('search', 2), ('optimize', 0), ('optimize', 1)]
+
+
+def test_max_to_keep_and_pre_growth_on_disk(reference):
+    kept = sorted(int(d) for d in os.listdir(reference / 'checkpoints') if d.isdigit())
+    # 6 saves (1 warmup + 3 search + 2 optimize epochs): the latest 2 (max_to_keep) plus the best val_acc one
+    assert kept[-2:] == [4, 5] and len(kept) <= 3
+    assert os.listdir(reference / 'checkpoints_pre_growth') == ['0']
+
+
+def test_corrupt_latest_falls_back(reference, tmp_path, capsys):
+    workdir = tmp_path / 'corrupt'
+    shutil.copytree(reference, workdir)
+    latest = max(int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit())
+    for root, _, files in os.walk(workdir / 'checkpoints' / str(latest) / 'state'):
+        for f in files:
+            open(os.path.join(root, f), 'wb').write(b'garbage')
+    number, meta, _ = restore_raw(workdir)
+    assert number < latest and meta['phase'] == 'optimize'
+    assert f'checkpoint {latest}' in capsys.readouterr().out
+
+
+def test_incompatible_override_refused_then_fresh(reference, tmp_path):
+    from asose_jax.train import run
+    workdir = tmp_path / 'override'
+    shutil.copytree(reference, workdir)
+    c = ckpt_tiny_config.get_config()
+    c.model.C = 8
+    with pytest.raises(config.ConfigError, match=r"model\.C.*checkpoint\.fresh=True"):
+        run(c, str(workdir))
+    assert checkpoint.move_aside(str(workdir)) is not None and not workdir.exists()  # what fresh=True does
+    assert [p for p in os.listdir(tmp_path) if p.startswith('override.old-')]
+
+
+def test_nan_rolls_back_and_finishes(tmp_path, monkeypatch):
+    from asose_jax.train import run
+    monkeypatch.setenv(phases.NAN_ENV, 'search:5')
+    summary = run(ckpt_tiny_config.get_config(), str(tmp_path))
+    events = [r for r in map(json.loads, open(tmp_path / 'metrics.jsonl')) if r.get('event') == 'nan_rollback']
+    assert [(e['phase'], e['epoch'], e['lr_scale'], e['steps']) for e in events] == [('search', 1, 0.5, [5, 6])]
+    assert np.isfinite(summary['val_acc'])
+
+
+def test_nan_retries_exhausted_names_phase_and_steps(tmp_path, monkeypatch):
+    from asose_jax.train import run
+    c = ckpt_tiny_config.get_config()
+    c.checkpoint.nan_retries = 0
+    monkeypatch.setenv(phases.NAN_ENV, 'warmup:2')
+    with pytest.raises(FloatingPointError, match=r'warmup epoch 0, steps 1\.\.2'):
+        run(c, str(tmp_path))
