@@ -73,6 +73,11 @@ class FixedTrainConfig:
                    batch_size=o.batch_size, eval_batch_size=c.data.eval_batch_size, lr=o.lr, lr_min=o.lr_min,
                    momentum=o.momentum, weight_decay=o.weight_decay, grad_clip=o.grad_clip, cutout=o.cutout)
 
+    def weight_opt_config(self, lr_scale: float = 1.0) -> WeightOptConfig:
+        """SGD settings; lr_scale < 1 after a NaN rollback (phases.NanGuard halves it)."""
+        return WeightOptConfig(lr=self.lr * lr_scale, lr_min=self.lr_min * lr_scale, momentum=self.momentum,
+                               weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+
     def model(self, genotype: Genotype, drop_path: float | None = None,
               depthwise_impl: str | None = None) -> FixedNetwork:
         return FixedNetwork(genotype, C=self.C, layers=self.layers, num_classes=self.num_classes,
@@ -95,37 +100,77 @@ def init_variables(model: FixedNetwork, key, image_size: int) -> dict:
     return model.init({'params': key, 'dropout': key}, x, train=True)
 
 
-def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfig,
-                phase: str = 'optimize') -> tuple[FixedNetwork, TrainState, dict]:
-    """Trains a freshly initialised FixedNetwork(genotype) on ctx.train_split, evaluating on
-    ctx.eval_split after every epoch; one metrics line per epoch. Returns (model, state, last record)."""
+def fixed_state(ctx: phases.RunContext, model: FixedNetwork, cfg: FixedTrainConfig, materialise: bool = True):
+    """The TrainState train_fixed starts from: initialised (jitted init), or its shapes only
+    (materialise=False: the abstract state a checkpoint restores into)."""
     size = int(ctx.train_split.images.shape[1])
-    check_auxiliary(cfg, size)
+    weight_tx = weight_transform(cfg.weight_opt_config(), max(cfg.epochs * ctx.train_split.num_batches(cfg.batch_size), 1))
+    arch_tx = arch_transform(config_lib.arch_opt_config(ctx.config))
+
+    def state_of(variables):
+        return create_train_state({'params': {'weights': variables['params'], 'arch': {}},
+                                   'batch_stats': variables.get('batch_stats', {})}, weight_tx, arch_tx)
+    if not materialise:
+        return jax.eval_shape(lambda k: state_of(init_variables(model, k, size)), ctx.keys['optimize_init'])
+    return state_of(jax.jit(lambda k: init_variables(model, k, size))(ctx.keys['optimize_init']))
+
+
+def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfig, phase: str = 'optimize',
+                resume: tuple[dict, TrainState] | None = None,
+                spec: NetworkSpec | None = None) -> tuple[FixedNetwork, TrainState, dict]:
+    """The FixedNetwork training loop: a fresh network (or `resume` = (meta, state) of a checkpoint)
+    trained on ctx.train_split, evaluated on ctx.eval_split after every epoch, one metrics line per
+    epoch. With ctx.ckpt: a checkpoint at every epoch end and on a stop signal (meta holds `spec`,
+    the search network it came from). Non-finite metrics: phases.NanGuard (restore the epoch start,
+    halve the lr, bounded retries). Returns (model, state, last record)."""
+    check_auxiliary(cfg, int(ctx.train_split.images.shape[1]))
     model = cfg.model(genotype)
     n_batches = ctx.train_split.num_batches(cfg.batch_size)
-    wcfg = WeightOptConfig(lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           grad_clip=cfg.grad_clip)
-    weight_tx = weight_transform(wcfg, max(cfg.epochs * n_batches, 1))
-    variables = jax.jit(lambda k: init_variables(model, k, size))(ctx.keys['optimize_init'])
-    params = {'weights': variables['params'], 'arch': {}}
-    state = create_train_state({'params': params, 'batch_stats': variables.get('batch_stats', {})},
-                               weight_tx, arch_transform(config_lib.arch_opt_config(ctx.config)))
-    steps = make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight)
-    steps, state = parallel.maybe_parallel(ctx.config, steps, state)
-    n_params = count_params(params['weights'])
-    record: dict = {}
-    for epoch in range(cfg.epochs):
-        data_key = jax.random.fold_in(ctx.keys['data_optimize'], int(state.step))
-        state, train_m, ips, first_s = phases._run_epoch(
+    meta = resume[0] if resume else {}
+    knobs = {'lr_scale': 1.0, **meta.get('knobs', {})}
+    epoch, skip, record = meta.get('epoch', 0), meta.get('batch', 0), meta.get('record', {})
+
+    def build_steps():
+        weight_tx = weight_transform(cfg.weight_opt_config(knobs['lr_scale']), max(cfg.epochs * n_batches, 1))
+        return make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight)
+
+    state = resume[1] if resume else fixed_state(ctx, model, cfg)
+    steps, state = parallel.maybe_parallel(ctx.config, build_steps(), state)
+    n_params = count_params(state.params['weights'])
+    nan_guard = phases.NanGuard(ctx, phase)
+
+    def save(next_epoch: int, batch: int = 0, val_acc=None, partial=None) -> None:
+        if ctx.ckpt is not None:
+            ctx.ckpt.save(state, {'phase': phase, 'epoch': next_epoch, 'batch': batch,
+                                  'spec': spec.to_dict() if spec else None, 'genotype': genotype.to_dict(),
+                                  'knobs': knobs, 'partial': partial, 'record': record,
+                                  'metrics_lines': len(ctx.writer.read()),
+                                  'config': json.loads(ctx.config.to_json_best_effort())}, val_acc)
+
+    while epoch < cfg.epochs:
+        nan_guard.remember(state)
+        data_key = jax.random.fold_in(ctx.keys['data_optimize'], int(state.step) - skip)
+        state, train_m, ips, first_s, done = phases.run_epoch(
             ctx, steps, state, ctx.train_split.epoch_batches(data_key, cfg.batch_size), n_batches,
-            f'{phase} {epoch + 1}/{cfg.epochs}', ctx.keys['optimize'])
-        record = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
-                  'first_step_s': first_s, 'params': n_params, **train_m,
-                  **phases.evaluate(steps, state, ctx.eval_split, cfg.eval_batch_size)}
-        phases._check_finite(phase, epoch, record)
-        ctx.writer.write(record)
-        print(f"[{phase} {epoch + 1}/{cfg.epochs}] loss {record['loss']:.3f} acc {record['acc']:.3f} "
-              f"val_acc {record['val_acc']:.3f} {ips:.1f} img/s", flush=True)
+            f'{phase} {epoch + 1}/{cfg.epochs}', ctx.keys['optimize'], phase=phase, skip=skip,
+            partial=meta.get('partial') if skip else None)
+        if done < n_batches:
+            save(epoch, done, partial=train_m)
+            raise phases.Interrupted(phases.stop_message(ctx.workdir))
+        skip = 0
+        new = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
+               'first_step_s': first_s, 'params': n_params, **train_m,
+               **phases.evaluate(steps, state, ctx.eval_split, cfg.eval_batch_size)}
+        retry = nan_guard.check(epoch, new, knobs)
+        if retry is not None:
+            steps, state = parallel.maybe_parallel(ctx.config, build_steps(), retry)
+            continue
+        record = monitor._plain(new)
+        ctx.writer.write(new)
+        print(f"[{phase} {epoch + 1}/{cfg.epochs}] loss {new['loss']:.3f} acc {new['acc']:.3f} "
+              f"val_acc {new['val_acc']:.3f} {ips:.1f} img/s", flush=True)
+        epoch += 1
+        save(epoch, val_acc=new['val_acc'])
     return model, state, record
 
 

@@ -25,9 +25,9 @@ from asose_jax import growth, growth_policy, monitor, parallel, stability
 from asose_jax.data import DeviceSplit
 from asose_jax.genotype import Genotype, derive
 from asose_jax.network import init_search_variables
-from asose_jax.optim import WeightOptConfig, arch_transform, weight_schedule, weight_transform
+from asose_jax.optim import arch_transform, weight_schedule, weight_transform
 from asose_jax.spec import NetworkSpec
-from asose_jax.steps import Steps, make_fixed_steps, make_search_steps
+from asose_jax.steps import Steps, make_search_steps
 from asose_jax.train_state import TrainState, create_train_state
 
 # Test-only fault hooks (environment, 'PHASE:STEP'): ASOSE_KILL_AT sends SIGKILL to this process right
@@ -507,95 +507,11 @@ class Grower:
 
 def optimize_phase(ctx: RunContext, genotype: Genotype, spec: NetworkSpec,
                    resume: tuple[dict, TrainState] | None = None) -> tuple[TrainState, dict]:
-    """Trains a freshly initialised FixedNetwork(genotype) on the whole training set.
-
-    Without checkpoints this is `evaluate.train_fixed` (shared with the evaluation CLI). With
-    ctx.ckpt it is the same loop plus a checkpoint at every epoch end (and on a stop signal), the
-    NaN rollback, and `resume` = (meta, state) of an optimize-phase checkpoint.
-    """
+    """Trains a freshly initialised FixedNetwork(genotype) on the whole training set: the one
+    FixedNetwork loop, `evaluate.train_fixed` (checkpoints, NaN rollback and `resume` = (meta,
+    state) of an optimize-phase checkpoint when ctx.ckpt is set)."""
     from asose_jax import evaluate as evaluate_lib  # evaluate builds on this module
     cfg = evaluate_lib.FixedTrainConfig.from_config(ctx.config, spec.num_classes, spec)
-    if ctx.ckpt is None:
-        _, state, record = evaluate_lib.train_fixed(ctx, genotype, cfg, phase='optimize')
-        return state, record
-    phase, c = 'optimize', ctx.config
-    evaluate_lib.check_auxiliary(cfg, int(ctx.train_split.images.shape[1]))
-    model = cfg.model(genotype)
-    n_batches = ctx.train_split.num_batches(cfg.batch_size)
-    meta = resume[0] if resume else {}
-    knobs = {'lr_scale': 1.0, **meta.get('knobs', {})}
-    epoch, skip, record = meta.get('epoch', 0), meta.get('batch', 0), meta.get('record', {})
-
-    def build():
-        wcfg = WeightOptConfig(lr=cfg.lr * knobs['lr_scale'], lr_min=cfg.lr_min * knobs['lr_scale'],
-                                            momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                            grad_clip=cfg.grad_clip)
-        weight_tx = weight_transform(wcfg, max(cfg.epochs * n_batches, 1))
-        return weight_tx, make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight)
-
-    weight_tx, steps = build()
-    if resume:
-        state = resume[1]
-    else:
-        state = abstract_fixed_state(ctx, genotype, spec, materialise=True)
-    steps, state = parallel.maybe_parallel(c, steps, state)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params['weights']))
-    nan_guard = NanGuard(ctx, phase)
-
-    def save(next_epoch: int, batch: int = 0, val_acc=None, partial=None) -> None:
-        ctx.ckpt.save(state, {'phase': phase, 'epoch': next_epoch, 'batch': batch, 'spec': spec.to_dict(),
-                              'genotype': genotype.to_dict(), 'knobs': knobs, 'partial': partial,
-                              'record': record, 'metrics_lines': len(ctx.writer.read()),
-                              'config': json.loads(c.to_json_best_effort())}, val_acc)
-
-    while epoch < cfg.epochs:
-        nan_guard.remember(state)
-        data_key = jax.random.fold_in(ctx.keys['data_optimize'], int(state.step) - skip)
-        state, train_m, ips, first_s, done = run_epoch(
-            ctx, steps, state, ctx.train_split.epoch_batches(data_key, cfg.batch_size), n_batches,
-            f'{phase} {epoch + 1}/{cfg.epochs}', ctx.keys['optimize'], phase=phase, skip=skip,
-            partial=meta.get('partial') if skip else None)
-        if done < n_batches:
-            save(epoch, done, partial=train_m)
-            raise Interrupted(stop_message(ctx.workdir))
-        skip = 0
-        new = {'phase': phase, 'epoch': epoch, 'step': int(state.step), 'images_per_sec': ips,
-               'first_step_s': first_s, 'params': n_params, **train_m,
-               **evaluate(steps, state, ctx.eval_split, cfg.eval_batch_size)}
-        retry = nan_guard.check(epoch, new, knobs)
-        if retry is not None:
-            weight_tx, steps = build()
-            steps, state = parallel.maybe_parallel(c, steps, retry)
-            continue
-        record = monitor._plain(new)
-        ctx.writer.write(new)
-        print(f"[{phase} {epoch + 1}/{cfg.epochs}] loss {new['loss']:.3f} acc {new['acc']:.3f} "
-              f"val_acc {new['val_acc']:.3f} {ips:.1f} img/s", flush=True)
-        epoch += 1
-        save(epoch, val_acc=new['val_acc'])
+    _, state, record = evaluate_lib.train_fixed(ctx, genotype, cfg, phase='optimize', resume=resume, spec=spec)
     return state, record
 
-
-def abstract_fixed_state(ctx: RunContext, genotype: Genotype, spec: NetworkSpec, materialise: bool = False):
-    """The optimize phase's TrainState (FixedNetwork(genotype)): shapes only, or (materialise) initialised."""
-    from asose_jax import evaluate as evaluate_lib
-    c = ctx.config
-    cfg = evaluate_lib.FixedTrainConfig.from_config(c, spec.num_classes, spec)
-    model = cfg.model(genotype)
-    size = int(ctx.train_split.images.shape[1])
-    n_batches = ctx.train_split.num_batches(cfg.batch_size)
-    wcfg = WeightOptConfig(lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
-    weight_tx = weight_transform(wcfg, max(cfg.epochs * n_batches, 1))
-
-    def init(key):
-        variables = evaluate_lib.init_variables(model, key, size)
-        return create_train_state({'params': {'weights': variables['params'], 'arch': {}},
-                                   'batch_stats': variables.get('batch_stats', {})},
-                                  weight_tx, arch_transform(config_lib.arch_opt_config(c)))
-    if materialise:  # as evaluate.train_fixed: jitted init, then the state built from it
-        variables = jax.jit(lambda k: evaluate_lib.init_variables(model, k, size))(ctx.keys['optimize_init'])
-        return create_train_state({'params': {'weights': variables['params'], 'arch': {}},
-                                   'batch_stats': variables.get('batch_stats', {})},
-                                  weight_tx, arch_transform(config_lib.arch_opt_config(c)))
-    return jax.eval_shape(init, ctx.keys['optimize_init'])

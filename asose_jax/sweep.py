@@ -121,7 +121,12 @@ def _evaluate(ve, state, split: DeviceSplit, batch_size: int) -> dict:
 
 
 def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) -> dict:
-    """Warmup + search for every member at once; writes and returns the sweep summary."""
+    """Warmup + search for every member at once; writes and returns the sweep summary. Growth changes
+    shapes, which one vmapped program cannot: the sweep searches the fixed structure (growth off)."""
+    if c.growth.trigger != 'none':
+        print(f'sweep: growth.trigger={c.growth.trigger!r} ignored (sweeps search a fixed structure)', flush=True)
+        c = c.copy_and_resolve_references()
+        c.growth.trigger, c.growth.schedule = 'none', ''
     config_lib.validate(c)
     mem = members(c)
     splits = splits or load_splits(c)

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
-from asose_jax import checkpoint, monitor, phases, stability, visualize
+from asose_jax import checkpoint, evaluate, monitor, phases, stability, visualize
 from asose_jax.genotype import Genotype
 from asose_jax.network import count_params, init_search_variables
 from asose_jax.spec import NetworkSpec
@@ -40,7 +40,7 @@ def enable_compilation_cache(path: str | None = None) -> None:
 @contextlib.contextmanager
 def fast_compile(enabled: bool):
     """When enabled, the enclosed steps compile with most XLA optimisations off (restored after)."""
-    before = jax.config.jax_disable_most_optimizations
+    before = jax.config.read('jax_disable_most_optimizations')
     jax.config.update('jax_disable_most_optimizations', before or enabled)
     try:
         yield
@@ -87,7 +87,8 @@ def _resume(c: ml_collections.ConfigDict, ctx: phases.RunContext):
                 '--workdir, or --config.checkpoint.fresh=True (moves the old workdir aside, deletes nothing).')
         spec = NetworkSpec.from_dict(meta['spec'])
         if meta['phase'] == 'optimize':
-            return phases.abstract_fixed_state(ctx, Genotype.from_dict(meta['genotype']), spec)
+            cfg = evaluate.FixedTrainConfig.from_config(c, spec.num_classes, spec)
+            return evaluate.fixed_state(ctx, cfg.model(Genotype.from_dict(meta['genotype'])), cfg, materialise=False)
         return phases.abstract_search_state(ctx, spec)
     found = ctx.ckpt.restore_latest(abstract)
     if found is None:
