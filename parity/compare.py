@@ -1,6 +1,10 @@
 """Runs the same search steps in JAX and PyTorch and prints max abs differences per tensor group.
 
-    python -m parity.compare --config configs/cifar10.py:smoke --steps 20 [--config.x=y ...]
+    python -m parity.compare --config configs/cifar10.py:smoke --steps 20 [--drop_ops=max_pool_3x3] [--config.x=y ...]
+
+Max pool's backward gives the gradient of a window with several equal maxima to a different input in
+XLA and torch; augmented images (zero padding, cutout) and ReLU -> 1x1 conv -> BN make such ties, so
+with max_pool_3x3 in the space the trajectories part after a few steps while first-step values agree.
 
 Both sides start from the converted initial JAX state, see the same already-augmented float batches
 (augmented once on the JAX side with asose_jax.data.augment) and the same JAX-drawn Gumbel noise. The
@@ -289,6 +293,7 @@ def main(argv):
     from asose_jax.network import init_search_variables
     c = flags.FLAGS.config
     with c.unlocked():
+        c.model.primitives = [p for p in c.model.primitives if p not in flags.FLAGS.drop_ops]
         config_lib.validate(c)
     spec = config_lib.network_spec(c)
     steps = flags.FLAGS.steps
@@ -307,7 +312,12 @@ def main(argv):
     grad_fn = make_jax_grad_fn(spec, s.single_path)
     x, y = batches[0]
     rows = first_step(spec, variables, x, y, key_noise, s.tau_max, s, grad_fn)
-    rows.update(trajectory(spec, variables, batches, key_noise, steps, s, grad_fn))
+    traj = trajectory(spec, variables, batches, key_noise, steps, s, grad_fn, per_step=flags.FLAGS.per_step)
+    if flags.FLAGS.per_step:
+        print(f'{"step":<8} {"loss":>9}  max abs diff (leaf) of weights | arch logits | batch stats')
+        for n, (row, loss) in enumerate(zip(traj.pop('per step'), traj.pop('loss per step'))):
+            print(f'{n // 2:>3} {"wa"[n % 2]:<4} {loss:9.2e}  ' + ' | '.join(f'{d:.2e} ({k})' for d, k in row))
+    rows.update(traj)
     print(f'{"tensor group":<32} max abs diff')
     for name, v in rows.items():
         print(f'{name:<32} {v:.3e}' if isinstance(v, float) else f'{name:<32} {v}')
@@ -317,4 +327,8 @@ if __name__ == '__main__':
     from absl import app, flags
     from asose_jax import train as _train  # noqa: F401  defines --config (and --workdir, unused here)
     flags.DEFINE_integer('steps', 20, 'Iterations of (weight step, arch step).')
+    flags.DEFINE_bool('per_step', False, 'Also print the differences after every half-step (w: weight, a: arch).')
+    flags.DEFINE_list('drop_ops', [], 'Primitives to remove from config.model.primitives (a list field, which '
+                      'config flags cannot override), e.g. max_pool_3x3: its backward breaks exact ties '
+                      'differently in XLA and torch.')
     app.run(main)
