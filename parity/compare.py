@@ -1,6 +1,10 @@
 """Runs the same search steps in JAX and PyTorch and prints max abs differences per tensor group.
 
-    python -m parity.compare --config configs/cifar10.py:smoke --steps 20 [--config.x=y ...]
+    python -m parity.compare --config configs/cifar10.py:smoke --steps 20 [--drop_ops=max_pool_3x3] [--config.x=y ...]
+
+Max pool's backward gives the gradient of a window with several equal maxima to a different input in
+XLA and torch; augmented images (zero padding, cutout) and ReLU -> 1x1 conv -> BN make such ties, so
+with max_pool_3x3 in the space the trajectories part after a few steps while first-step values agree.
 
 Both sides start from the converted initial JAX state, see the same already-augmented float batches
 (augmented once on the JAX side with asose_jax.data.augment) and the same JAX-drawn Gumbel noise. The
@@ -172,51 +176,89 @@ def first_step(spec: NetworkSpec, variables: dict, x, y, key, tau, s: Settings, 
             'weight grads (abs)': g_w_diff, 'arch grads (abs)': g_a_diff}
 
 
+@functools.lru_cache(maxsize=None)
+def make_jax_update_fns(weight: WeightOptConfig, arch: ArchOptConfig, total_steps: int):
+    """(init, weight_update, arch_update), jitted once per optimiser settings: an eager optax update
+    dispatches every op of every leaf and costs more than compiling it.
+
+    weight_update(params, opt, g_weights) / arch_update(params, opt, g_arch) -> (params, opt), the
+    other group's gradient zero as in asose_jax.steps.
+    """
+    wtx, atx = weight_transform(weight, total_steps), arch_transform(arch)
+
+    def zeros(tree):
+        return jax.tree_util.tree_map(jnp.zeros_like, tree)
+
+    def w_update(params, opt, g_w):
+        return _apply(wtx, {'weights': g_w, 'arch': zeros(params['arch'])}, opt, params)
+
+    def a_update(params, opt, g_a):
+        return _apply(atx, {'weights': zeros(params['weights']), 'arch': g_a}, opt, params)
+
+    init = jax.jit(lambda params: (wtx.init(params), atx.init(params)))
+    return init, jax.jit(w_update), jax.jit(a_update)
+
+
+def _host(tree):
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
 def trajectory(spec: NetworkSpec, variables: dict, batches: Sequence[tuple], key, steps: int, s: Settings,
-               grad_fn=None) -> dict:
+               grad_fn=None, per_step: bool = False) -> dict:
     """`steps` iterations of (weight step on batches[2i], arch step on batches[2i+1]) on both sides.
 
-    batches: (x_nhwc float32, y int) pairs, cycled. Returns the differences after the last step.
+    batches: (x_nhwc float32, y int) pairs, cycled. Returns the differences after the last step; with
+    per_step, also 'per step': per half-step, the (max abs diff, leaf) of weights, arch logits, batch stats.
     """
     grad_fn = grad_fn or make_jax_grad_fn(spec, s.single_path)
-    wtx, atx = weight_transform(s.weight, steps), arch_transform(s.arch)
+    init, w_update, a_update = make_jax_update_fns(s.weight, s.arch, steps)
     params, bs = variables['params'], variables['batch_stats']
-    w_opt, a_opt = wtx.init(params), atx.init(params)
-    w_update = functools.partial(_apply, wtx)  # eager: compiling the optax update costs more than it saves
-    a_update = functools.partial(_apply, atx)
+    w_opt, a_opt = init(params)
     model = torch_model(spec, variables)
     sgd, sched, adam = torch_steps.make_optimizers(model, s.weight, s.arch, steps)
-    losses = []
+    named = dict(model.named_parameters())
+    w_keys = [n for n in named if not n.startswith('arch.')]
+    a_keys = [f'arch.{t}' for t in CELL_TYPES]
+    losses, history = [], []
     for i in range(steps):
-        tau = gumbel.temperature(i, steps, s.tau_max, s.tau_min)
+        tau = float(gumbel.temperature(i, steps, s.tau_max, s.tau_min))
         for phase in ('weights', 'arch'):
             x, y = batches[(2 * i + (phase == 'arch')) % len(batches)]
             k = jax.random.fold_in(jax.random.fold_in(key, i), phase == 'arch')
-            noise = {t: to_torch(v) for t, v in gumbel_noise(k, params['arch']).items()}
             (loss, _, bs, _), (g_w, g_a) = grad_fn(params['weights'], params['arch'], bs, x, y, k, tau, s.hard)
+            noise = {t: to_torch(v) for t, v in _host(gumbel_noise(k, params['arch'])).items()}
             xt, yt = nchw(x), labels(y)
             if phase == 'weights':
-                grads = {'weights': g_w, 'arch': jax.tree_util.tree_map(jnp.zeros_like, params['arch'])}
-                params, w_opt = w_update(grads, w_opt, params)
-                t_loss = torch_steps.weight_step(model, sgd, sched, xt, yt, noise, float(tau), s.hard, s.single_path,
+                params, w_opt = w_update(params, w_opt, g_w)
+                t_loss = torch_steps.weight_step(model, sgd, sched, xt, yt, noise, tau, s.hard, s.single_path,
                                                  s.weight.grad_clip)
             else:
-                grads = {'weights': jax.tree_util.tree_map(jnp.zeros_like, params['weights']), 'arch': g_a}
-                params, a_opt = a_update(grads, a_opt, params)
-                t_loss = torch_steps.arch_step(model, adam, xt, yt, noise, float(tau), s.hard, s.single_path)
+                params, a_opt = a_update(params, a_opt, g_a)
+                t_loss = torch_steps.arch_step(model, adam, xt, yt, noise, tau, s.hard, s.single_path)
             losses.append(abs(float(loss) - t_loss))
-    final = {'params': params, 'batch_stats': bs}
-    named = dict(model.named_parameters())
-    w_keys = [n for n in named if not n.startswith('arch.')]
-    g_jax = derive(np.asarray(params['arch']['normal']), np.asarray(params['arch']['reduce']),
-                   spec.steps, spec.multiplier, spec.primitives)
+            if per_step or (i == steps - 1 and phase == 'arch'):
+                ref = flax_to_torch(spec, _host({'params': params, 'batch_stats': bs}))
+                stats = torch_batch_stats(model)
+                history.append(tuple(_worst(ref, group) for group in (
+                    {k: named[k] for k in w_keys}, {k: named[k] for k in a_keys}, stats)))
+    arch = _host(params['arch'])
+    g_jax = derive(arch['normal'], arch['reduce'], spec.steps, spec.multiplier, spec.primitives)
     g_torch = derive(model.arch['normal'].detach().numpy(), model.arch['reduce'].detach().numpy(),
                      spec.steps, spec.multiplier, spec.primitives)
-    return {'loss (max over steps)': max(losses),
-            f'weights after {steps} steps': tree_diff(spec, final, named, w_keys)[0],
-            f'arch logits after {steps} steps': tree_diff(spec, final, named, [f'arch.{t}' for t in CELL_TYPES])[0],
-            f'batch stats after {steps} steps': tree_diff(spec, final, torch_batch_stats(model))[0],
-            'genotype identical': g_jax == g_torch, 'genotype': str(g_jax)}
+    out = {'loss (max over steps)': max(losses),
+           f'weights after {steps} steps': history[-1][0][0],
+           f'arch logits after {steps} steps': history[-1][1][0],
+           f'batch stats after {steps} steps': history[-1][2][0],
+           'worst leaves': tuple(k for _, k in history[-1]),
+           'genotype identical': g_jax == g_torch, 'genotype': str(g_jax)}
+    if per_step:
+        out['per step'], out['loss per step'] = history, losses
+    return out
+
+
+def _worst(ref: dict, tensors: dict) -> tuple[float, str]:
+    """(max abs diff, the key where it occurs) between converted JAX values and torch tensors."""
+    return max((max_diff(ref[k].numpy(), v.detach().numpy()), k) for k, v in tensors.items())
 
 
 def _apply(tx, grads, opt, params):
@@ -251,11 +293,13 @@ def main(argv):
     from asose_jax.network import init_search_variables
     c = flags.FLAGS.config
     with c.unlocked():
+        c.model.primitives = [p for p in c.model.primitives if p not in flags.FLAGS.drop_ops]
         config_lib.validate(c)
     spec = config_lib.network_spec(c)
     steps = flags.FLAGS.steps
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # a tiny network: more threads only contend (10x slower on a shared 2-core CPU)
     key_init, key_data, key_noise = jax.random.split(jax.random.key(c.seed), 3)
     with c.unlocked():
         batches = _batches(c, 2 * steps, key_data)
@@ -268,7 +312,12 @@ def main(argv):
     grad_fn = make_jax_grad_fn(spec, s.single_path)
     x, y = batches[0]
     rows = first_step(spec, variables, x, y, key_noise, s.tau_max, s, grad_fn)
-    rows.update(trajectory(spec, variables, batches, key_noise, steps, s, grad_fn))
+    traj = trajectory(spec, variables, batches, key_noise, steps, s, grad_fn, per_step=flags.FLAGS.per_step)
+    if flags.FLAGS.per_step:
+        print(f'{"step":<8} {"loss":>9}  max abs diff (leaf) of weights | arch logits | batch stats')
+        for n, (row, loss) in enumerate(zip(traj.pop('per step'), traj.pop('loss per step'))):
+            print(f'{n // 2:>3} {"wa"[n % 2]:<4} {loss:9.2e}  ' + ' | '.join(f'{d:.2e} ({k})' for d, k in row))
+    rows.update(traj)
     print(f'{"tensor group":<32} max abs diff')
     for name, v in rows.items():
         print(f'{name:<32} {v:.3e}' if isinstance(v, float) else f'{name:<32} {v}')
@@ -278,4 +327,8 @@ if __name__ == '__main__':
     from absl import app, flags
     from asose_jax import train as _train  # noqa: F401  defines --config (and --workdir, unused here)
     flags.DEFINE_integer('steps', 20, 'Iterations of (weight step, arch step).')
+    flags.DEFINE_bool('per_step', False, 'Also print the differences after every half-step (w: weight, a: arch).')
+    flags.DEFINE_list('drop_ops', [], 'Primitives to remove from config.model.primitives (a list field, which '
+                      'config flags cannot override), e.g. max_pool_3x3: its backward breaks exact ties '
+                      'differently in XLA and torch.')
     app.run(main)

@@ -1,6 +1,7 @@
 """Flax variables <-> torch state_dict of TorchSearchNetwork, both directions, checked against the spec.
 
-Module paths map one to one ('/' -> '.'), except the scanned edge stacks: Flax
+Module paths map one to one ('/' -> '.'; growth's `cell{i}_se/fc1` Dense -> Linear, per-edge branch
+gates `gate_<op>` [E] -> one scalar per edge), except the scanned edge stacks: Flax
 `cell{i}/input_edges/mixed/<op>/...` and `cell{i}/node_edges/mixed/<op>/...` hold one slice per edge
 along axis 0 in the order of `cells.input_edges` / `cells.node_edges`; torch has `cell{i}.edges.<d>.<op>...`
 with d the DARTS edge index. Leaves are renamed and re-laid-out by LEAF_TABLE.
@@ -13,6 +14,8 @@ running_var='biased' mode reproduces; rescaling by n/(n-1) here would change eva
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 from typing import Callable
 
 import numpy as np
@@ -45,6 +48,7 @@ LEAF_TABLE: tuple[LeafRule, ...] = (
     LeafRule('params', 'bias', 1, 'bias', _same, _same),
     LeafRule('batch_stats', 'mean', 1, 'running_mean', _same, _same),
     LeafRule('batch_stats', 'var', 1, 'running_var', _same, _same),
+    LeafRule('params', 'gate_*', 0, 'gate_*', _same, _same),                  # branch gate, one per edge
 )
 EDGE_GROUPS = {'input_edges': input_edges, 'node_edges': node_edges}  # Flax scan name -> edge order
 ARCH_PREFIX = 'arch.'
@@ -72,13 +76,20 @@ def _unflatten(flat: dict) -> dict:
 
 def _rule(collection: str, name: str, ndim: int, where: str, by_torch: bool = False) -> LeafRule:
     for r in LEAF_TABLE:
-        if r.collection == collection and (r.torch_name if by_torch else r.flax_name) == name and r.ndim == ndim:
-            return r
+        if r.collection == collection and fnmatch.fnmatchcase(name, r.torch_name if by_torch else r.flax_name) \
+                and r.ndim == ndim:
+            return dataclasses.replace(r, flax_name=name, torch_name=name) if '*' in r.flax_name else r
     raise ValueError(f'{where}: no conversion rule for a {ndim}-d {collection} leaf {name!r}')
 
 
+@functools.lru_cache(maxsize=8)
+def _reference_cached(spec: NetworkSpec) -> dict:
+    return dict(TorchSearchNetwork(spec).state_dict())
+
+
 def _reference(spec: NetworkSpec) -> dict:
-    return {k: v for k, v in TorchSearchNetwork(spec).state_dict().items()}
+    """The state_dict layout of TorchSearchNetwork(spec) (built once per spec; values are copies)."""
+    return {k: v.clone() for k, v in _reference_cached(spec).items()}
 
 
 def _check_keys(have: set, want: set, what: str):

@@ -1,16 +1,23 @@
-"""JAX vs PyTorch parity on tiny shapes (C=4, 3 cells, 8x8 images, batch 8): logits, loss, gradients,
-20-step trajectories with hard and soft Gumbel, derived genotype, and the Flax <-> torch conversion.
+"""JAX vs PyTorch parity on tiny shapes (C=4, 3 cells of 2 nodes, 8x8 images, batch 8): logits, loss,
+gradients, 20-step trajectories with hard and soft Gumbel, derived genotype, the Flax <-> torch conversion,
+and a network grown by every growth operation.
 
-One compiled JAX program per spec: hard/soft is a traced flag of parity.compare.make_jax_grad_fn.
+One compiled JAX program per spec: hard/soft is a traced flag of parity.compare.make_jax_grad_fn; the
+optax updates are jitted once (parity.compare.make_jax_update_fns). Torch runs on one thread: on the
+shared 2-core CPU its default thread pool made each step ~10x slower.
 """
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 import torch
 
+from asose_jax import growth
+from asose_jax.genotype import PRIMITIVES
 from asose_jax.network import init_search_variables
-from asose_jax.optim import ArchOptConfig
-from asose_jax.spec import CellSpec, NetworkSpec
+from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+from asose_jax.spec import NetworkSpec
 from parity import compare, convert, torch_steps
 from parity.torch_network import TorchSearchNetwork
 
@@ -22,6 +29,8 @@ GRAD_REL_TOL = 1e-4    # max abs diff of a gradient group / its global L2 norm
 TRAJECTORY_TOL = 1e-3  # max abs diff of weights, arch logits and batch stats after STEPS iterations
 STEPS = 20
 BATCH, SIZE = 8, 8
+GROWTH_CHAIN = (('depth', {}), ('attention', {}), ('width', {'factor': 1.5}), ('branch', {'op': 'dil_conv_3x3'}),
+                ('regularise', {'drop_path': 0.2, 'dropout': 0.3}))
 
 
 def random_variables(spec: NetworkSpec, seed: int) -> dict:
@@ -43,9 +52,30 @@ def batches(n: int, seed: int, num_classes: int = 10) -> list:
              rng.integers(0, num_classes, BATCH)) for _ in range(n)]
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def full_spec():
+    """The DARTS cell (4 nodes, 14 edges): conversion tests only, nothing is compiled for it."""
+    return NetworkSpec.darts(C=4, layers=3)
+
+
 @pytest.fixture(scope='module')
 def spec():
-    return NetworkSpec.darts(C=4, layers=3)
+    """Normal and reduction cells of 2 nodes (5 edges), every primitive but max_pool_3x3: the compiled
+    tests' network. Max pool's backward breaks exact ties differently in XLA and torch (one tied input
+    gets the gradient; which one differs), and ReLU -> 1x1 conv -> BN at C=4 makes exact ties (pixels
+    whose channels are all negative share one value): with it, hard-Gumbel trajectories part after 4
+    iterations (5e-2 after 20), from one step's gradients 2% apart at an identical state. Its forward
+    is compared in test_grown_network_same_logits."""
+    return NetworkSpec.darts(C=4, layers=3, steps=2, multiplier=2,
+                             primitives=tuple(p for p in PRIMITIVES if p != 'max_pool_3x3'))
 
 
 @pytest.fixture(scope='module')
@@ -62,7 +92,8 @@ def settings(hard: bool) -> compare.Settings:
     return compare.Settings(hard=hard, single_path=False, arch=ArchOptConfig(lr=3e-3))
 
 
-def test_round_trip_is_exact_and_matches_flax_layout(spec, variables):
+def test_round_trip_is_exact_and_matches_flax_layout(full_spec):
+    spec, variables = full_spec, random_variables(full_spec, 0)
     reference = jax.eval_shape(lambda k: init_search_variables(spec, k, SIZE), jax.random.key(0))
     ref_leaves = jax.tree_util.tree_leaves_with_path(reference)
     leaves = jax.tree_util.tree_leaves_with_path(variables)
@@ -76,7 +107,8 @@ def test_round_trip_is_exact_and_matches_flax_layout(spec, variables):
         assert np.array_equal(np.asarray(a), np.asarray(b)), f'{jax.tree_util.keystr(p)} changed in the round trip'
 
 
-def test_shape_mismatch_names_the_key(spec, variables):
+def test_shape_mismatch_names_the_key(full_spec):
+    spec, variables = full_spec, random_variables(full_spec, 0)
     bad = jax.tree_util.tree_map(lambda a: a, variables)
     bad['params']['weights']['cell1']['pre1']['conv']['kernel'] = np.zeros((1, 1, 16, 5), np.float32)
     with pytest.raises(ValueError, match=r'cell1\.pre1\.conv\.weight'):
@@ -102,13 +134,12 @@ def test_first_step_logits_loss_grads(spec, variables, grad_fn, hard):
     assert d['arch grads (abs)'] > 0 or d['arch grads / |g|'] == 0  # sanity: the comparison ran
 
 
-@pytest.mark.skip(reason='open: soft run measured 4.3e-3 max weight diff after 20 iterations (> 1e-3) and took '
-                         '1200 s on the shared 2-core CPU; see the parity report')
 @pytest.mark.parametrize('hard', [False, True], ids=['soft', 'hard'])
 def test_trajectory(spec, variables, grad_fn, hard):
     d = compare.trajectory(spec, variables, batches(4, 3), jax.random.key(4), STEPS, settings(hard), grad_fn)
+    print({k: v for k, v in d.items() if k != 'genotype'})
     for name in (f'weights after {STEPS} steps', f'arch logits after {STEPS} steps', f'batch stats after {STEPS} steps'):
-        assert d[name] <= TRAJECTORY_TOL, f'{name}: max abs diff {d[name]:.3e}'
+        assert d[name] <= TRAJECTORY_TOL, f'{name}: max abs diff {d[name]:.3e} (worst leaves {d["worst leaves"]})'
     assert d['loss (max over steps)'] <= 10 * LOSS_TOL, f"loss differs by {d['loss (max over steps)']:.3e}"
     assert d['genotype identical'], f"derived genotypes differ (JAX: {d['genotype']})"
 
@@ -127,28 +158,62 @@ def test_trajectory_moves_the_params(spec, variables, grad_fn):
         assert not torch.equal(before[k], after[k]), f'{k} did not move'
 
 
-def test_grown_network_same_logits_single_path():
-    """A residual cell inserted (gate scale made non-zero) and non-uniform C, single-path hard edges."""
-    spec = NetworkSpec(cells=(CellSpec(4), CellSpec(8, reduction=True), CellSpec(8, residual=True),
-                              CellSpec(6, reduction=True)), stem_C=12)
+def _perturb_grown(variables: dict, rng) -> dict:
+    """Growth starts its new parts at zero (gates, SE fc2, residual BN scale); make them non-zero, as
+    training would, so that the comparison sees them (host numpy, no per-leaf dispatch)."""
+    def noisy(path, x):
+        name = jax.tree_util.keystr(path)
+        x = np.asarray(x)
+        grown = any(s in name for s in ('_gate', '_se', "'gate_"))
+        return (x + 0.5 * rng.standard_normal(x.shape)).astype(x.dtype) if grown else x
+    return {**variables, 'params': jax.tree_util.tree_map_with_path(noisy, variables['params'])}
+
+
+def test_grown_network_same_logits():
+    """A spec grown through every growth operation (residual cell, SE gate, widened stage, gated branch op,
+    drop-path/dropout), grown parts made non-zero, converted to torch: train and eval logits agree.
+    Single-path with one-hot edges that select every op somewhere. Drop-path and dropout are random in
+    train mode, so train mode is compared with their rates at 0; eval mode (where they are the identity)
+    with the rates of the grown spec on the torch side."""
+    spec = NetworkSpec.darts(C=4, layers=3, steps=2, multiplier=2,
+                             primitives=('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3'))
     variables = random_variables(spec, 1)
-    gate = variables['params']['weights']['cell2_gate']['scale']
-    assert np.all(np.abs(gate) > 0.1), 'the residual gate must be non-zero here or the cell would not be tested'
-    ew = jax.tree_util.tree_map(np.asarray, compare.gumbel_noise(jax.random.key(6), variables['params']['arch']))
-    ew = {t: np.asarray(jax.nn.one_hot(np.argmax(v, -1), spec.num_ops)) for t, v in ew.items()}
+    txs = (weight_transform(WeightOptConfig(), 100), arch_transform(ArchOptConfig()))
+    opt = tuple(jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(tx.init, variables['params']))
+                for tx in txs)
+    rng = np.random.default_rng(2)
+    for n, (kind, options) in enumerate(GROWTH_CHAIN):
+        grown = growth.grow(kind, spec, variables, opt, jax.random.key(10 + n), txs=txs, **options)
+        spec, variables, opt = grown.spec, _perturb_grown(grown.variables, rng), grown.opt_states
+    assert [c.residual for c in spec.cells].count(True) == 1 and any(c.attention for c in spec.cells)
+    assert spec.branch_ops == ('dil_conv_3x3',) and len({c.C for c in spec.cells}) > 1 and spec.drop_path > 0
+    gates = [np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+             if 'gate' in jax.tree_util.keystr(p) or '_se' in jax.tree_util.keystr(p)]
+    assert gates and all(np.all(np.abs(g) > 0) for g in gates), 'grown parts must be non-zero to be tested'
+
+    ew = {t: np.eye(spec.num_ops, dtype=np.float32)[(np.arange(spec.num_edges) + 2 * j) % spec.num_ops]
+          for j, t in enumerate(('normal', 'reduce'))}  # every op (the branch op too) chosen on some edge
     x, _ = batches(1, 7)[0]
-    train, evaluated = compare.make_jax_forward_fn(spec, single_path=True)(
+    no_reg = dataclasses.replace(spec, drop_path=0.0, dropout=0.0)
+    train, evaluated = compare.make_jax_forward_fn(no_reg, single_path=True)(
         variables['params']['weights'], variables['batch_stats'], x, ew)
-    model = compare.torch_model(spec, variables)
     ew_t = {t: compare.to_torch(v) for t, v in ew.items()}
-    with torch.no_grad():
-        model.eval()  # first: a train-mode pass would update the running statistics
-        t_eval = model(compare.nchw(x), ew_t, single_path=True)
-        model.train()
-        t_train = model(compare.nchw(x), ew_t, single_path=True)
-    d_train, d_eval = compare.max_diff(train, t_train), compare.max_diff(evaluated, t_eval)
+    logits = {}
+    for name, s in (('regularised', spec), ('plain', no_reg)):
+        model = compare.torch_model(s, variables)
+        with torch.no_grad():
+            model.eval()  # first: a train-mode pass would update the running statistics
+            logits[name, 'eval'] = model(compare.nchw(x), ew_t, single_path=True)
+            model.train()
+            torch.manual_seed(0)
+            logits[name, 'train'] = model(compare.nchw(x), ew_t, single_path=True)
+    d_train = compare.max_diff(train, logits['plain', 'train'])
+    d_eval = compare.max_diff(evaluated, logits['regularised', 'eval'])
     assert d_train <= LOGITS_TOL, f'train logits differ by {d_train:.3e}'
     assert d_eval <= LOGITS_TOL, f'eval logits differ by {d_eval:.3e}'
+    assert torch.equal(logits['plain', 'eval'], logits['regularised', 'eval']), 'drop-path/dropout act in eval mode'
+    d_reg = compare.max_diff(logits['plain', 'train'], logits['regularised', 'train'])
+    assert d_reg > 1e-3, f'drop-path/dropout do nothing in train mode (logits move by {d_reg:.3e})'
 
 
 def test_torch_sample_matches_gumbel_sample(spec, variables):
