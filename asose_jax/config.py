@@ -114,7 +114,7 @@ def smoke_overrides(c: ml_collections.ConfigDict) -> None:
     c.data.image_size = 16
     c.model.C = 4
     c.model.layers = 3
-    c.search.batch_size = 32
+    c.search.batch_size = 64      # unoptimised XLA (fast_compile) pays per op: bigger batches amortise it
     c.search.warmup_epochs = 1
     c.search.search_epochs = 3
     c.growth.trigger = 'schedule'

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from asose_jax import config as config_lib
 from asose_jax import growth, growth_policy, monitor, parallel, stability
 from asose_jax.data import DeviceSplit
-from asose_jax.genotype import Genotype, derive
+from asose_jax.genotype import Genotype
 from asose_jax.network import init_search_variables
 from asose_jax.optim import arch_transform, weight_schedule, weight_transform
 from asose_jax.spec import NetworkSpec
@@ -68,11 +68,6 @@ class RunContext:
         return bool(self.config.progress) and sys.stderr.isatty()
 
 
-def genotype_of(spec: NetworkSpec, params: dict) -> Genotype:
-    arch = jax.device_get(params['arch'])
-    return derive(arch['normal'], arch['reduce'], spec.steps, spec.multiplier, spec.primitives)
-
-
 def evaluate(steps: Steps, state: TrainState, split: DeviceSplit, batch_size: int, progress: bool = False) -> dict:
     total, loss, acc = 0.0, 0.0, 0.0
     n = -(-len(split) // batch_size)
@@ -108,12 +103,6 @@ def _fault_hooks(phase: str, state: TrainState) -> TrainState:
             nan_weights = jax.tree_util.tree_map(lambda x: x * jnp.nan, state.params['weights'])
             state = state.replace(params={**state.params, 'weights': nan_weights})
     return state
-
-
-def _run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batches: int, desc: str,
-               step_key, after_step: Callable | None = None):
-    """Runs weight steps over `batches`; returns (state, mean train metrics, images/s, first-step s)."""
-    return run_epoch(ctx, steps, state, batches, n_batches, desc, step_key, after_step)[:4]
 
 
 def run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batches: int, desc: str,

@@ -13,7 +13,7 @@ import time
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from asose_jax import config as config_lib
@@ -132,8 +132,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         spec, state = NetworkSpec.from_dict(resume[0]['spec']), resume[1]
     else:
         spec = config_lib.network_spec(c)
-        variables = init_search_variables(spec, keys['init'], splits['train'].images.shape[1],
-                                          c.model.depthwise_impl)
+        with fast_compile(c.search.fast_compile):  # the init compiles the whole forward pass
+            variables = init_search_variables(spec, keys['init'], splits['train'].images.shape[1],
+                                              c.model.depthwise_impl)
         print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
               f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
         state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
@@ -180,6 +181,7 @@ def main(argv):
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError('--config and --workdir are required')
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
     enable_compilation_cache()
 
     def request_stop(signum, frame):  # finish the current step, save, exit (phases.run_epoch checks it)
