@@ -98,3 +98,12 @@ def search_step(spec, cfg, wtx, atx, which: str):
 
 def median(xs):
     return statistics.median(xs) if xs else float('nan')
+
+
+def report(lines: list[str], out: str | None) -> None:
+    """Prints a result table and appends it to `out` (e.g. bench/RESULTS.md) when given."""
+    text = '\n'.join(lines) + '\n'
+    print(text)
+    if out:
+        with open(out, 'a') as f:
+            f.write('\n' + text)

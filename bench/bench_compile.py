@@ -66,16 +66,12 @@ def main():
             rows.append((name, r['compile_s'], r['ips'], ''))
         print(rows[-1], flush=True)
     sys.path.insert(0, ROOT)
-    from bench._common import machine
+    from bench._common import machine, report
     out = [f'### Compile time, search weight step ({time.strftime("%Y-%m-%d %H:%M")})', '',
            machine() + f'; shape {args.shape}, path {args.path}, depthwise {args.depthwise}, persistent cache off',
            '', '| setting | compile s | step img/s | note |', '|---|---|---|---|']
     out += [f'| {n} | {c:.1f} | {i:.1f} | {e} |' for n, c, i, e in rows]
-    text = '\n'.join(out) + '\n'
-    print(text)
-    if args.out:
-        with open(args.out, 'a') as f:
-            f.write('\n' + text)
+    report(out, args.out)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ from asose_jax.network import init_search_variables  # noqa: E402
 from asose_jax.optim import arch_transform, weight_transform  # noqa: E402
 from asose_jax.train import load_splits  # noqa: E402
 from asose_jax.train_state import create_train_state  # noqa: E402
-from bench._common import machine  # noqa: E402
+from bench._common import machine, report  # noqa: E402
 from configs import cifar10  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def main():
     compile_s = recs[0]['first_step_s']
     steady = [(wall - compile_s) / args.epochs]
     per_epoch = steady[0]
-    text = '\n'.join([
+    report([
         f'### Timed DARTS-space search ({time.strftime("%Y-%m-%d %H:%M")})', '',
         machine() + f"; C=16, 8 cells, batch 64, synthetic {len(splits['weights'])}/{len(splits['arch'])} split, "
         f"{'soft mixture' if args.mixture else 'hard single path'}, depthwise {args.depthwise}, {args.compute_dtype}", '',
@@ -67,11 +67,7 @@ def main():
         f'{wall:.0f} s; first step (compile) {compile_s:.0f} s',
         f"- weight-step throughput {recs[-1]['images_per_sec']:.0f} img/s (last epoch, arch steps interleaved)",
         f'- **EXTRAPOLATED** 50-epoch search: {compile_s + 50 * per_epoch:.0f} s = {(compile_s + 50 * per_epoch) / 3600:.2f} h '
-        f'(compile + 50 x {per_epoch:.0f} s/epoch; not measured end to end)', ''])
-    print(text)
-    if args.out:
-        with open(args.out, 'a') as f:
-            f.write('\n' + text)
+        f'(compile + 50 x {per_epoch:.0f} s/epoch; not measured end to end)', ''], args.out)
 
 
 if __name__ == '__main__':

@@ -71,11 +71,7 @@ def main():
            f'{hard_ips:.1f} img/s. N separate mixture runs = {base_ips:.1f} img/s in total.', '',
            '| N | total img/s (vmap) | vs N separate runs | compile s | temp MB |', '|---|---|---|---|---|']
     out += [f'| {n} | {ips:.1f} | {r:.2f}x | {c:.1f} | {m:.1f} |' for n, ips, r, c, m in rows]
-    text = '\n'.join(out) + '\n'
-    print(text)
-    if args.out:
-        with open(args.out, 'a') as f:
-            f.write('\n' + text)
+    C.report(out, args.out)
 
 
 if __name__ == '__main__':
