@@ -49,8 +49,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         tau_schedule='exponential',
         unrolled=False,           # second-order arch gradient
         eval_mode='argmax',
-        fast_compile=False,       # compile warmup/search steps with most XLA optimisations off: a little
-                                  # faster to compile, ~5x slower steps on CPU (tiny shapes only)
+        fast_compile=False,       # compile warmup/search steps with most XLA optimisations off: on the
+                                  # 2-core CPU ~25% faster to compile, ~3x slower steps (bench/RESULTS.md)
     )
     c.weight_optim = dict(lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, grad_clip=5.0)
     c.arch_optim = dict(lr=3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
@@ -105,21 +105,26 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     return c
 
 
-def smoke_overrides(c: ml_collections.ConfigDict) -> None:
-    """A CPU-sized run: 16x16 images, a small supernet grown once in depth and once in width,
-    single-path Gumbel, a small derived net."""
+SMOKE_VARIANTS = ('smoke', 'smoke_growth')
+
+
+def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
+    """A CPU-sized run (15 minutes on 2 cores): 16x16 images, a small supernet, single-path Gumbel,
+    a small derived net. Each program compiles in 1-2 minutes on such a CPU, so the plain smoke run
+    does not grow (a growth recompiles the weight and arch steps); `growth=True` (the `smoke_growth`
+    variant) adds a depth growth after search epoch 1, about 4 minutes more."""
     c.data.source = 'cifar_dir'
     c.data.dir = '../shared/data/cifar10-subset'
     c.data.eval_batch_size = 512
     c.data.image_size = 16
     c.model.C = 4
     c.model.layers = 3
-    c.search.batch_size = 64      # unoptimised XLA (fast_compile) pays per op: bigger batches amortise it
+    c.search.batch_size = 64
     c.search.warmup_epochs = 1
     c.search.search_epochs = 3
-    c.growth.trigger = 'schedule'
-    c.growth.schedule = '0:depth,1:width'
-    c.search.fast_compile = True
+    if growth:
+        c.growth.trigger = 'schedule'
+        c.growth.schedule = '1:depth'
     c.search.arch_every = 2
     c.search.tau_max = 5.0
     c.search.tau_min = 1.0
@@ -253,12 +258,15 @@ def network_spec(c: ml_collections.ConfigDict) -> NetworkSpec:
                              primitives=tuple(m.primitives))
 
 
-def search_step_config(c: ml_collections.ConfigDict, phase: str, tau_steps: int) -> SearchStepConfig:
-    """Warmup trains weights on uniform edge weights; search samples from the logits."""
+def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int) -> SearchStepConfig:
+    """Warmup trains weights on uniform edge weights; search samples from the logits, its temperature
+    annealed over the search epochs (`n_batches` weight steps each) from the step after warmup."""
     s = c.search
     return SearchStepConfig(
         sampling='uniform' if phase == 'warmup' else 'gumbel', hard=s.hard, single_path=s.single_path,
-        tau_max=s.tau_max, tau_min=s.tau_min, tau_schedule=s.tau_schedule, tau_steps=tau_steps,
+        tau_max=s.tau_max, tau_min=s.tau_min, tau_schedule=s.tau_schedule,
+        tau_steps=max(s.search_epochs * n_batches, 1),
+        tau_start=s.warmup_epochs * n_batches if phase == 'search' else 0,
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
         unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl,
         compute_dtype=c.model.compute_dtype, remat=c.model.remat)

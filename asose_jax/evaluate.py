@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
-from asose_jax import complexity, monitor, parallel, phases, visualize
+from asose_jax import compilation, complexity, monitor, parallel, phases, visualize
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
 from asose_jax.genotype import Genotype, load_genotype
@@ -112,7 +112,8 @@ def fixed_state(ctx: phases.RunContext, model: FixedNetwork, cfg: FixedTrainConf
                                    'batch_stats': variables.get('batch_stats', {})}, weight_tx, arch_tx)
     if not materialise:
         return jax.eval_shape(lambda k: state_of(init_variables(model, k, size)), ctx.keys['optimize_init'])
-    return state_of(jax.jit(lambda k: init_variables(model, k, size))(ctx.keys['optimize_init']))
+    init = compilation.rarely_run(jax.jit(lambda k: init_variables(model, k, size)))
+    return state_of(init(ctx.keys['optimize_init']))
 
 
 def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfig, phase: str = 'optimize',
@@ -264,9 +265,7 @@ def main(flag_values: dict) -> None:
     c, genotype, workdir = (flag_values[k].value for k in ('config', 'genotype', 'workdir'))
     if c is None or not workdir or not genotype:
         raise app.UsageError('--config, --genotype and --workdir are required')
-    cache = os.environ.get('ASOSE_JAX_CACHE', os.path.expanduser('~/.cache/asose_jax/xla'))
-    jax.config.update('jax_compilation_cache_dir', cache)  # as asose_jax.train.enable_compilation_cache
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    compilation.enable_compilation_cache()
     run_evaluation(c, genotype, workdir)
 
 

@@ -31,9 +31,11 @@ from asose_jax.steps import Steps, make_search_steps
 from asose_jax.train_state import TrainState, create_train_state
 
 # Test-only fault hooks (environment, 'PHASE:STEP'): ASOSE_KILL_AT sends SIGKILL to this process right
-# after weight step STEP of PHASE; ASOSE_NAN_AT turns the weights into NaN after that step (once per
-# process), as a non-finite gradient would. Used by tests/test_checkpoint.py.
-KILL_ENV, NAN_ENV = 'ASOSE_KILL_AT', 'ASOSE_NAN_AT'
+# after weight step STEP of PHASE, ASOSE_TERM_AT sends SIGTERM (a polite stop); ASOSE_NAN_AT turns the
+# weights into NaN after that step (once per process), as a non-finite gradient would. Used by
+# tests/test_checkpoint.py.
+KILL_ENV, TERM_ENV, NAN_ENV = 'ASOSE_KILL_AT', 'ASOSE_TERM_AT', 'ASOSE_NAN_AT'
+FAULT_ENVS = (KILL_ENV, TERM_ENV, NAN_ENV)
 _nan_injected: set = set()
 STOP = {'signal': None}  # set by train.py's SIGTERM/SIGINT handler; checked between steps
 
@@ -91,13 +93,13 @@ def _cycle(split: DeviceSplit, key, batch_size: int, start: int = 0) -> Iterator
 
 
 def _fault_hooks(phase: str, state: TrainState) -> TrainState:
-    """Test-only: ASOSE_KILL_AT / ASOSE_NAN_AT (see KILL_ENV)."""
-    for env in (KILL_ENV, NAN_ENV):
+    """Test-only: ASOSE_KILL_AT / ASOSE_TERM_AT / ASOSE_NAN_AT (see KILL_ENV)."""
+    for env in FAULT_ENVS:
         at = os.environ.get(env)
         if not at or at.rpartition(':')[0] != phase or int(state.step) != int(at.rpartition(':')[2]):
             continue
-        if env == KILL_ENV:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if env in (KILL_ENV, TERM_ENV):
+            os.kill(os.getpid(), signal.SIGKILL if env == KILL_ENV else signal.SIGTERM)
         elif at not in _nan_injected:
             _nan_injected.add(at)
             nan_weights = jax.tree_util.tree_map(lambda x: x * jnp.nan, state.params['weights'])
@@ -107,14 +109,16 @@ def _fault_hooks(phase: str, state: TrainState) -> TrainState:
 
 def run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batches: int, desc: str,
               step_key, after_step: Callable | None = None, phase: str = '', skip: int = 0,
-              partial: dict | None = None):
+              partial: dict | None = None, warm_steps: int = 1):
     """Runs weight steps over `batches` (the first `skip` already done, their metrics in `partial`);
-    returns (state, mean train metrics, images/s, first-step s, batches done). Stops early, after
-    the current step, when a stop signal arrived (batches done < n_batches)."""
+    returns (state, mean train metrics, images/s, first-step s, batches done). The first `warm_steps`
+    steps (those that compile: the first weight step, and the first arch step in `after_step`) count
+    as first-step time, not throughput. Stops early, after the current step, when a stop signal
+    arrived (batches done < n_batches)."""
     sums: dict = {k: [jnp.float32(x) for x in v] for k, v in (partial or {}).items()}
     t_first = t0 = time.time()
     first_step_s, images, done = 0.0, 0, skip
-    hooks = bool(os.environ.get(KILL_ENV) or os.environ.get(NAN_ENV))
+    hooks = any(os.environ.get(env) for env in FAULT_ENVS)
     batches = itertools.islice(batches, skip, None)
     for i, batch in enumerate(tqdm(batches, total=n_batches - skip, desc=desc, disable=not ctx.progress,
                                    leave=False), start=skip):
@@ -127,7 +131,7 @@ def run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batch
         for k, v in m.items():
             sums.setdefault(k, []).append(v)
         done = i + 1
-        if i == skip:
+        if i < skip + warm_steps:
             jax.block_until_ready(state.step)
             first_step_s = time.time() - t_first
             t0 = time.time()
@@ -143,8 +147,12 @@ def run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batch
     return state, means, (images / elapsed if elapsed > 0 and images else float('nan')), first_step_s, done
 
 
+TIMING_FIELDS = ('images_per_sec', 'first_step_s')  # NaN when an epoch had no timed steps (e.g. resumed at its end)
+
+
 def _non_finite(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)}
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, float) and not np.isfinite(v) and k not in TIMING_FIELDS}
 
 
 def stop_message(workdir: str) -> str:
@@ -190,13 +198,6 @@ class NanGuard:
         return jax.device_put(self.good)
 
 
-def _check_finite(phase: str, epoch: int, metrics: dict) -> None:
-    bad = _non_finite(metrics)
-    if bad:
-        raise FloatingPointError(f'{phase} epoch {epoch}: non-finite metrics {bad}; stopping '
-                                 '(no silent continuation). Lower the learning rate or check the data.')
-
-
 def search_txs(c: ml_collections.ConfigDict, n_batches: int) -> tuple:
     """The (weight, arch) transforms of warmup and search: one cosine over both phases' steps."""
     total_steps = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
@@ -226,12 +227,10 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
     mcfg = stability.MonitorConfig.from_config(c.monitor)
     bs = c.search.batch_size
     n_batches = ctx.weights_split.num_batches(bs)
-    tau_steps = max(c.search.search_epochs * n_batches, 1)
     wcfg = config_lib.weight_opt_config(c)
     acfg = config_lib.arch_opt_config(c)
     total_steps = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
-    step_cfg = dataclasses.replace(config_lib.search_step_config(c, phase, tau_steps),
-                                   tau_start=c.search.warmup_epochs * n_batches if phase == 'search' else 0)
+    step_cfg = config_lib.search_step_config(c, phase, n_batches)
     knobs = {'arch_lr_scale': 1.0, 'tau_scale': 1.0, 'arch_weight_decay': acfg.weight_decay, 'lr_scale': 1.0}
     resume = resume or {}
     knobs.update(resume.get('knobs', {}))
@@ -281,7 +280,8 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
         state, train_m, ips, first_s, done = run_epoch(
             ctx, steps, state, ctx.weights_split.epoch_batches(data_key, bs), n_batches,
             f'{phase} {epoch + 1}/{epochs}', ctx.keys['weight'], arch_after if arch_batches else None,
-            phase=phase, skip=skip, partial=resume.get('partial') if skip else None)
+            phase=phase, skip=skip, partial=resume.get('partial') if skip else None,
+            warm_steps=c.search.arch_every if arch_batches else 1)
         if done < n_batches:  # a stop signal: save the position inside the epoch and leave
             save(epoch, done, partial=train_m)
             raise Interrupted(stop_message(ctx.workdir))

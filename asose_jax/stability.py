@@ -26,8 +26,6 @@ ON_DIVERGENCE = ('none', 'rollback', 'stop')
 COLLAPSE_REMEDIES = ('none', 'cap_skip', 'raise_arch_wd')
 # metric -> +1 when higher is better, -1 when lower is better
 METRICS = {'val_acc': 1, 'acc': 1, 'val_loss': -1, 'loss': -1}
-LOCAL_ACTIONS = ('lower_arch_lr', 'raise_tau', 'stop')  # search_phase applies these itself
-CALLER_ACTIONS = ('grow', 'rollback')                  # phases.Grower's: grow, or undo a recent growth
 ACTION_EVENT = 'monitor_action'
 # how much one condition at twice its threshold takes off the health score
 PENALTY = {'divergence': 1.0, 'degradation': 0.6, 'oscillation': 0.4, 'plateau': 0.3}

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from asose_jax import gumbel
+from asose_jax.compilation import rarely_run
 from asose_jax.data import augment, normalize
 from asose_jax.network import CELL_TYPES, FixedNetwork, SearchNetwork
 from asose_jax.spec import NetworkSpec
@@ -166,10 +167,11 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
 
     traces: dict = {}
     jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))
+    run_eval = rarely_run(jit_eval)  # a few calls per epoch: an unoptimised compile pays off
     return Steps(
         weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
         arch_step=jax.jit(_counted(arch_step, traces, 'arch_step'), donate_argnums=0) if arch_tx else None,
-        eval_step=lambda state, batch, key=None: (state, jit_eval(state, batch)),
+        eval_step=lambda state, batch, key=None: (state, run_eval(state, batch)),
         traces=traces, eval_jit=jit_eval)
 
 
@@ -202,6 +204,7 @@ def make_fixed_steps(model: FixedNetwork, weight_tx: optax.GradientTransformatio
 
     traces: dict = {}
     jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))
+    run_eval = rarely_run(jit_eval)  # a few calls per epoch: an unoptimised compile pays off
     return Steps(weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
-                 arch_step=None, eval_step=lambda state, batch, key=None: (state, jit_eval(state, batch)),
+                 arch_step=None, eval_step=lambda state, batch, key=None: (state, run_eval(state, batch)),
                  traces=traces, eval_jit=jit_eval)

@@ -31,7 +31,8 @@ from absl import app, flags
 
 from asose_jax import config as config_lib
 from asose_jax import phases
-from asose_jax.train import enable_compilation_cache, load_splits  # also defines --config / --workdir
+from asose_jax.compilation import enable_compilation_cache
+from asose_jax.train import load_splits  # also defines --config / --workdir
 from asose_jax.data import DeviceSplit
 from asose_jax.genotype import derive
 from asose_jax.network import init_search_variables
@@ -148,7 +149,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) 
     for phase, epochs in (('warmup', c.search.warmup_epochs), ('search', c.search.search_epochs)):
         if not epochs:
             continue
-        scfg = config_lib.search_step_config(c, phase, max(c.search.search_epochs * n_batches, 1))
+        scfg = config_lib.search_step_config(c, phase, n_batches)
         vs = vmapped_steps(spec, scfg, weight_tx, arch_transform_injected(arch_cfg) if phase == 'search' else None)
         for epoch in range(epochs):
             order = _orders(splits['weights'], jax.vmap(jax.random.fold_in, (0, None))(keys['data_weights'],
@@ -177,7 +178,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) 
             print(f'[sweep {phase} {epoch + 1}/{epochs}] {len(mem)} members, val_acc '
                   + ' '.join(f'{a:.3f}' for a in ev['val_acc']), flush=True)
     if vs is None:
-        vs = vmapped_steps(spec, config_lib.search_step_config(c, 'search', 1), weight_tx, None)
+        vs = vmapped_steps(spec, config_lib.search_step_config(c, 'search', n_batches), weight_tx, None)
     ev = _evaluate(vs.eval_step, state, splits['eval'], c.data.eval_batch_size)
     arch = jax.device_get(state.params['arch'])
     genotypes = [str(derive(arch['normal'][i], arch['reduce'][i], spec.steps, spec.multiplier, spec.primitives))

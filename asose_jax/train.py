@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from ml_collections import config_flags
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
 from asose_jax import checkpoint, evaluate, monitor, phases, stability, visualize
+from asose_jax.compilation import enable_compilation_cache, fast_compile
 from asose_jax.genotype import Genotype
 from asose_jax.network import count_params, init_search_variables
 from asose_jax.spec import NetworkSpec
@@ -27,25 +27,6 @@ from asose_jax.train_state import create_train_state
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cifar10.py:smoke.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (metrics, genotypes).')
-
-
-def enable_compilation_cache(path: str | None = None) -> None:
-    """Persistent XLA cache: a second run of the same shapes skips compilation."""
-    path = path or os.environ.get('ASOSE_JAX_CACHE', os.path.expanduser('~/.cache/asose_jax/xla'))
-    jax.config.update('jax_compilation_cache_dir', path)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
-@contextlib.contextmanager
-def fast_compile(enabled: bool):
-    """When enabled, the enclosed steps compile with most XLA optimisations off (restored after)."""
-    before = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', before or enabled)
-    try:
-        yield
-    finally:
-        jax.config.update('jax_disable_most_optimizations', before)
 
 
 def load_splits(c: ml_collections.ConfigDict) -> dict:
@@ -132,7 +113,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         spec, state = NetworkSpec.from_dict(resume[0]['spec']), resume[1]
     else:
         spec = config_lib.network_spec(c)
-        with fast_compile(c.search.fast_compile):  # the init compiles the whole forward pass
+        with fast_compile(True):  # the init runs once but compiles the whole forward pass: unoptimised
             variables = init_search_variables(spec, keys['init'], splits['train'].images.shape[1],
                                               c.model.depthwise_impl)
         print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '

@@ -1,5 +1,5 @@
 """Checkpoints and resume: a run SIGKILLed once in each phase (warmup, search before and after a
-growth, optimize) and resumed each time ends bitwise equal to an uninterrupted run; a corrupt latest
+growth, optimize), SIGTERMed once mid-epoch, and resumed each time ends bitwise equal to an uninterrupted run; a corrupt latest
 checkpoint falls back; shape-changing overrides are refused; NaN rolls back; max_to_keep holds."""
 import json
 import os
@@ -20,8 +20,10 @@ CONFIG = os.path.join(ROOT, 'tests', 'ckpt_tiny_config.py')
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 import ckpt_tiny_config  # noqa: E402
 
-# weight steps: warmup 1..2, search 3..8 (growth after step 4), optimize 1..4 (its own counter)
-KILLS = ('warmup:1', 'search:4', 'search:6', 'optimize:3')
+# weight steps: warmup 1..2, search 3..8 (growth after step 4), optimize 1..4 (its own counter).
+# SIGKILL in every phase, after the growth too; SIGTERM mid-epoch (step 5 of search epoch 1's 5..6).
+FAULTS = ((phases.KILL_ENV, 'warmup:1'), (phases.KILL_ENV, 'search:4'), (phases.TERM_ENV, 'search:5'),
+          (phases.KILL_ENV, 'search:6'), (phases.KILL_ENV, 'optimize:3'))
 
 
 def restore_raw(workdir):
@@ -46,9 +48,16 @@ def train_cmd(workdir, env_extra):
 
 def test_killed_in_every_phase_resumes_bitwise(reference, tmp_path):
     workdir = tmp_path / 'killed'
-    for at in KILLS:
-        r = train_cmd(workdir, {phases.KILL_ENV: at})
-        assert r.returncode == -signal.SIGKILL, (at, r.returncode, r.stderr[-3000:])
+    for env, at in FAULTS:
+        r = train_cmd(workdir, {env: at})
+        if env == phases.KILL_ENV:
+            assert r.returncode == -signal.SIGKILL, (at, r.returncode, r.stderr[-3000:])
+            continue
+        # SIGTERM: the step finishes, a mid-epoch checkpoint is saved, the exit says how to resume
+        assert r.returncode == 128 + signal.SIGTERM, (at, r.returncode, r.stderr[-3000:])
+        assert 'Resume with the same command' in r.stderr, r.stderr[-3000:]
+        _, meta, _ = restore_raw(workdir)
+        assert (meta['phase'], meta['epoch'], meta['batch']) == ('search', 1, 1), meta
     r = train_cmd(workdir, {})
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'resuming from checkpoint' in r.stdout
@@ -72,6 +81,15 @@ def test_max_to_keep_and_pre_growth_on_disk(reference):
     # 6 saves (1 warmup + 3 search + 2 optimize epochs): the latest 2 (max_to_keep) plus the best val_acc one
     assert kept[-2:] == [4, 5] and len(kept) <= 3
     assert os.listdir(reference / 'checkpoints_pre_growth') == ['0']
+
+
+def test_growth_event_logged_and_function_preserving(reference):
+    lines = [json.loads(line) for line in open(reference / 'metrics.jsonl')]
+    growths = [r for r in lines if r.get('event') == 'growth']
+    assert [(g['kind'], g['epoch']) for g in growths] == [('depth', 0)], growths
+    g = growths[0]  # same eval logits after the growth, new weight step compiled once, sizes logged
+    assert g['max_logit_change'] <= 1e-4 and g['compile_s'] > 0 and g['params_after'] > g['params_before'], g
+    assert [r['cells'] for r in lines if r.get('phase') == 'search' and 'event' not in r] == [2, 3, 3]
 
 
 def test_corrupt_latest_falls_back(reference, tmp_path, capsys):

@@ -15,11 +15,13 @@ def _load(name, arg=None):
     return mod.get_config(arg)
 
 
-@pytest.mark.parametrize('name, arg', [('cifar10', None), ('cifar10', 'smoke'), ('cifar100', None)])
+@pytest.mark.parametrize('name, arg', [('cifar10', None), ('cifar10', 'smoke'), ('cifar10', 'smoke_growth'),
+                                       ('cifar100', None), ('cifar100', 'smoke')])
 def test_configs_validate(name, arg):
     c = _load(name, arg)
     validate(c)
     assert network_spec(c).num_classes == (100 if name == 'cifar100' else 10)
+    assert (c.growth.trigger == 'schedule') == (arg == 'smoke_growth')
 
 
 def test_defaults_follow_darts():

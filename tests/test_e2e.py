@@ -1,4 +1,6 @@
-"""All phases end to end on real CIFAR-10 images (../shared/data/cifar10-subset), growth included."""
+"""All phases end to end on real CIFAR-10 images (../shared/data/cifar10-subset). Growth during a run
+(events, function preservation, resume of a grown run) is checked on the tiny synthetic run of
+tests/test_checkpoint.py, which costs a fraction of this one."""
 import json
 import os
 
@@ -6,15 +8,14 @@ import jax
 import pytest
 
 from asose_jax import phases
-from asose_jax.spec import NetworkSpec
 from asose_jax.train import run
 from test_config import _load
 
 
 @pytest.fixture
 def optimized_optimize_phase(monkeypatch):
-    """The search phases stay unoptimised (conftest: each of their ~10 programs compiles in seconds,
-    growth recompiles twice); the derived network trains with XLA optimisations on (one program,
+    """The search phases stay unoptimised (conftest: each of their programs compiles faster); the
+    derived network trains with XLA optimisations on (one program,
     five epochs)."""
     inner = phases.optimize_phase
 
@@ -28,9 +29,11 @@ def optimized_optimize_phase(monkeypatch):
 
 
 @pytest.mark.e2e
-def test_smoke_search_grows_and_learns(subset_dir, tmp_path, optimized_optimize_phase):
-    c = _load('cifar10', 'smoke')  # 16x16, growth '0:depth,1:width'
+def test_smoke_search_learns(subset_dir, tmp_path, optimized_optimize_phase):
+    c = _load('cifar10', 'smoke')  # 16x16, C=4, 3 cells, hard single-path search
     c.data.dir = subset_dir
+    c.search.search_epochs = 1
+    c.growth.trigger = 'none'
     c.data.max_train = 1536
     c.data.max_test = 512
     c.optimize.C = 8
@@ -39,19 +42,12 @@ def test_smoke_search_grows_and_learns(subset_dir, tmp_path, optimized_optimize_
     c.progress = False
     summary = run(c, str(tmp_path))
     for name in ('config.json', 'metrics.jsonl', 'genotype.json', 'spec.json', 'summary.json',
-                 'genotypes/warmup_epoch000.json', 'genotypes/search_epoch002.json'):
+                 'genotypes/warmup_epoch000.json', 'genotypes/search_epoch000.json'):
         assert os.path.exists(tmp_path / name), name
     lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
     records = [r for r in lines if 'event' not in r]
-    assert [r['phase'] for r in records] == ['warmup'] + ['search'] * 3 + ['optimize'] * 5
+    assert [r['phase'] for r in records] == ['warmup', 'search'] + ['optimize'] * 5
     for key in ('loss', 'acc', 'val_loss', 'val_acc', 'tau', 'arch_entropy', 'skip_count', 'images_per_sec'):
         assert key in records[1], key
     assert 0 < records[1]['arch_entropy'] <= 2.08 + 1e-6  # <= log(8)
-    growths = [r for r in lines if r.get('event') == 'growth']
-    assert [g['kind'] for g in growths] == ['depth', 'width'], growths
-    for g in growths:  # function-preserving on real images, recompiled once, logged
-        assert g['max_logit_change'] <= 1e-4 and g['compile_s'] > 0 and g['params_after'] > g['params_before'], g
-    assert [r['cells'] for r in records[1:4]] == [3, 4, 4]
-    spec = NetworkSpec.from_json(open(tmp_path / 'spec.json').read())
-    assert spec.layers == 4 and [json.loads(h)['kind'] for h in spec.growth_history] == ['depth', 'width']
     assert summary['val_acc'] >= 0.2, summary  # chance is 0.1

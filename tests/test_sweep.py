@@ -78,7 +78,7 @@ def test_each_member_equals_its_own_run(ran):
     n_batches = splits['weights'].num_batches(c.search.batch_size)
     wtx = weight_transform(config_lib.weight_opt_config(c), c.search.search_epochs * n_batches)
     acfg = config_lib.arch_opt_config(c)
-    scfg = config_lib.search_step_config(c, 'search', max(c.search.search_epochs * n_batches, 1))
+    scfg = config_lib.search_step_config(c, 'search', n_batches)
     keys = jax.random.split(jax.random.key(3), 2)
     states = sweep.init_states(spec, jnp.stack([keys[0], keys[0]]), list(LRS), 8, wtx, acfg)
     vs = sweep.vmapped_steps(spec, scfg, wtx, sweep.arch_transform_injected(acfg))
