@@ -109,10 +109,11 @@ SMOKE_VARIANTS = ('smoke', 'smoke_growth')
 
 
 def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
-    """A CPU-sized run (15 minutes on 2 cores): 16x16 images, a small supernet, single-path Gumbel,
-    a small derived net. Each program compiles in 1-2 minutes on such a CPU, so the plain smoke run
-    does not grow (a growth recompiles the weight and arch steps); `growth=True` (the `smoke_growth`
-    variant) adds a depth growth after search epoch 1, about 4 minutes more."""
+    """A CPU-sized run (11 minutes on 2 cores, README): 16x16 images, a small supernet, single-path
+    Gumbel, a small derived net. Each train step compiles in 1-2 minutes on such a CPU, so the plain
+    smoke run does not grow (a growth recompiles the weight and arch steps); `growth=True` (the
+    `smoke_growth` variant) adds a depth growth after search epoch 1 (untimed; ~4 minutes more
+    estimated from those compile times)."""
     c.data.source = 'cifar_dir'
     c.data.dir = '../shared/data/cifar10-subset'
     c.data.eval_batch_size = 512
