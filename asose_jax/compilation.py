@@ -30,8 +30,9 @@ def fast_compile(enabled: bool = True):
 
 
 def rarely_run(jitted):
-    """`jitted` (a jax.jit function) called under fast_compile on the CPU backend, so that it compiles
-    unoptimised wherever it is first called; used for init and evaluation programs. On accelerators,
+    """`jitted` (a jax.jit function, or a function that compiles when called) called under
+    fast_compile on the CPU backend, so that it compiles unoptimised wherever it is first called;
+    used for init and evaluation programs. On accelerators,
     where unfused programs are much slower and compiles are quicker, it is left as it is."""
     @functools.wraps(jitted)
     def call(*args, **kwargs):

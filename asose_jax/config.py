@@ -138,6 +138,16 @@ def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     c.optimize.cutout = 0
 
 
+def variant_config(dataset: str, arg: str | None, config_file: str) -> ml_collections.ConfigDict:
+    """The body of every `configs/<dataset>.py:get_config(arg)`: the base config, or a smoke variant."""
+    c = base_config(dataset=dataset)
+    if arg in SMOKE_VARIANTS:
+        smoke_overrides(c, growth=arg == 'smoke_growth')
+    elif arg:
+        raise ValueError(f'{config_file}: unknown variant {arg!r}; allowed: {SMOKE_VARIANTS}')
+    return c
+
+
 class ConfigError(ValueError):
     """A config value out of range; the message names the field and what is allowed."""
 

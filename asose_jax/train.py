@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
 from asose_jax import checkpoint, evaluate, monitor, phases, stability, visualize
-from asose_jax.compilation import enable_compilation_cache, fast_compile
+from asose_jax.compilation import enable_compilation_cache, fast_compile, rarely_run
 from asose_jax.genotype import Genotype
 from asose_jax.network import count_params, init_search_variables
 from asose_jax.spec import NetworkSpec
@@ -113,9 +113,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         spec, state = NetworkSpec.from_dict(resume[0]['spec']), resume[1]
     else:
         spec = config_lib.network_spec(c)
-        with fast_compile(True):  # the init runs once but compiles the whole forward pass: unoptimised
-            variables = init_search_variables(spec, keys['init'], splits['train'].images.shape[1],
-                                              c.model.depthwise_impl)
+        # the init runs once but compiles the whole forward pass: unoptimised on the CPU
+        variables = rarely_run(init_search_variables)(spec, keys['init'], splits['train'].images.shape[1],
+                                                      c.model.depthwise_impl)
         print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
               f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
         state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))

@@ -1,11 +1,6 @@
 """ASO-SE search on CIFAR-100 (`:smoke` for the CPU-sized variant)."""
-from asose_jax.config import SMOKE_VARIANTS, base_config, smoke_overrides
+from asose_jax.config import variant_config
 
 
 def get_config(arg: str | None = None):
-    config = base_config(dataset='cifar100')
-    if arg in SMOKE_VARIANTS:
-        smoke_overrides(config, growth=arg == 'smoke_growth')
-    elif arg:
-        raise ValueError(f'configs/cifar100.py: unknown variant {arg!r}; allowed: {SMOKE_VARIANTS}')
-    return config
+    return variant_config('cifar100', arg, 'configs/cifar100.py')

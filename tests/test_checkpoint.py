@@ -1,6 +1,7 @@
 """Checkpoints and resume: a run SIGKILLed once in each phase (warmup, search before and after a
-growth, optimize), SIGTERMed once mid-epoch, and resumed each time ends bitwise equal to an uninterrupted run; a corrupt latest
-checkpoint falls back; shape-changing overrides are refused; NaN rolls back; max_to_keep holds."""
+growth, optimize), SIGTERMed once mid-epoch, and resumed each time ends bitwise equal to an
+uninterrupted run; a corrupt latest checkpoint falls back; shape-changing overrides are refused;
+NaN rolls back; max_to_keep holds."""
 import json
 import os
 import shutil

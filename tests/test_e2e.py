@@ -14,9 +14,8 @@ from test_config import _load
 
 @pytest.fixture
 def optimized_optimize_phase(monkeypatch):
-    """The search phases stay unoptimised (conftest: each of their programs compiles faster); the
-    derived network trains with XLA optimisations on (one program,
-    five epochs)."""
+    """The search phases stay unoptimised (conftest: they compile faster and run few steps); the
+    derived network trains with XLA optimisations on (one program, five epochs)."""
     inner = phases.optimize_phase
 
     def optimize_phase(*args, **kwargs):
