@@ -25,3 +25,16 @@ def subset_dir():
 def tiny_spec():
     from asose_jax.spec import NetworkSpec
     return NetworkSpec.darts(C=4, layers=3)
+
+
+# The test files by their measured cost (2-core CPU, `--durations`), heaviest first. With
+# `--no-loadscope-reorder` (pyproject addopts) xdist hands files to the two workers in this order,
+# so the long ones start first and the short ones fill the gaps at the end (by default xdist
+# orders files by their number of tests, which put the one-test e2e file last).
+HEAVY_FIRST = ('test_e2e.py', 'test_checkpoint.py', 'test_growth.py', 'test_parity.py', 'test_steps.py',
+               'test_evaluate.py', 'test_network.py', 'test_report.py', 'test_sweep.py', 'test_parallel.py')
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise

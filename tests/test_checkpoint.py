@@ -119,8 +119,10 @@ def test_incompatible_override_refused_then_fresh(reference, tmp_path):
 
 def test_nan_rolls_back_and_finishes(tmp_path, monkeypatch):
     from asose_jax.train import run
+    c = ckpt_tiny_config.get_config()
+    c.growth.trigger, c.search.search_epochs, c.optimize.epochs = 'none', 2, 1  # the rollback is in search epoch 1
     monkeypatch.setenv(phases.NAN_ENV, 'search:5')
-    summary = run(ckpt_tiny_config.get_config(), str(tmp_path))
+    summary = run(c, str(tmp_path))
     events = [r for r in map(json.loads, open(tmp_path / 'metrics.jsonl')) if r.get('event') == 'nan_rollback']
     assert [(e['phase'], e['epoch'], e['lr_scale'], e['steps']) for e in events] == [('search', 1, 0.5, [5, 6])]
     assert np.isfinite(summary['val_acc'])

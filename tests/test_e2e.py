@@ -33,7 +33,7 @@ def test_smoke_search_learns(subset_dir, tmp_path, optimized_optimize_phase):
     c.data.dir = subset_dir
     c.search.search_epochs = 1
     c.growth.trigger = 'none'
-    c.data.max_train = 1536
+    c.data.max_train = 1024
     c.data.max_test = 512
     c.optimize.C = 8
     c.optimize.layers = 3

@@ -18,7 +18,7 @@ TINY_PRIMITIVES = ['none', 'max_pool_3x3', 'skip_connect', 'avg_pool_3x3']  # pa
 
 def tiny_config():
     c = base_config()
-    c.data.update(source='synthetic', image_size=8, synthetic_train=64, synthetic_test=32, eval_batch_size=32)
+    c.data.update(source='synthetic', image_size=8, synthetic_train=64, synthetic_test=16, eval_batch_size=16)  # as tests/ckpt_tiny_config.py: shared compiles
     c.model.update(C=4, layers=2, steps=2, multiplier=2, primitives=TINY_PRIMITIVES)
     c.search.update(batch_size=16, warmup_epochs=1, search_epochs=2)
     c.optimize.update(epochs=1, batch_size=32, C=4, layers=2, cutout=0)
