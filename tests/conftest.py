@@ -28,7 +28,7 @@ def tiny_spec():
 
 
 # The test files by their measured cost (2-core CPU, `--durations`), heaviest first. With
-# `--no-loadscope-reorder` (pyproject addopts) xdist hands files to the two workers in this order,
+# `--no-loadscope-reorder` (pyproject addopts) xdist hands files to the workers in this order,
 # so the long ones start first and the short ones fill the gaps at the end (by default xdist
 # orders files by their number of tests, which put the one-test e2e file last).
 HEAVY_FIRST = ('test_e2e.py', 'test_checkpoint.py', 'test_growth.py', 'test_parity.py', 'test_steps.py',
