@@ -7,10 +7,12 @@ import platform
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asose_jax import ops
 from asose_jax.network import init_search_variables
 from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
 from asose_jax.spec import NetworkSpec
@@ -33,6 +35,17 @@ def shape_spec(name: str) -> tuple[NetworkSpec, int, int]:
     return NetworkSpec.darts(C=C, layers=layers), batch, size
 
 
+def depthwise_for(shape: str, choice: str) -> str:
+    """Resolves --depthwise 'auto': the shifted multiply-adds on CPU below the DARTS search shape (faster
+    there), XLA's grouped conv otherwise. The shift form's gradient keeps the shifted copies: ~6x the
+    temporary memory of the conv for a 5x5 op (`bench/bench_op_memory.py`), 32.5 GB for the DARTS-shape
+    weight step. (On a 2-core CPU the DARTS shape is impractical either way: with 'conv' two timed
+    weight steps did not finish in 15 minutes.)"""
+    if choice != 'auto':
+        return choice
+    return 'shift' if jax.default_backend() == 'cpu' and shape != 'darts' else 'conv'
+
+
 def machine() -> str:
     cpu = platform.processor() or 'unknown CPU'
     try:
@@ -43,6 +56,22 @@ def machine() -> str:
     dev = jax.devices()[0]
     return (f'CPU: {cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {jax.default_backend()} '
             f'({dev.device_kind}, {jax.device_count()} device(s))')
+
+
+_MATMUL_CONV = ops.conv
+
+
+def use_pointwise(impl: str) -> None:
+    """A/B switch for the benchmarks only: 'conv' builds 1x1 convolutions as the plain nn.Conv (the
+    earlier path) instead of `ops.PointwiseConv` (a matmul, 'dot'). Call before building any step."""
+    if impl not in ('dot', 'conv'):
+        raise SystemExit(f'unknown pointwise impl {impl!r}; allowed: dot, conv')
+    ops.conv = _MATMUL_CONV if impl == 'dot' else _plain_conv
+
+
+def _plain_conv(features, kernel, stride=1, padding=0, dilation=1, name=None):
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
+                   kernel_dilation=(dilation, dilation), use_bias=False, name=name)
 
 
 def step_config(path: str, variant: str, depthwise: str) -> SearchStepConfig:

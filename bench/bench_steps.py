@@ -84,7 +84,8 @@ def bench_case(shape, which, path, variant, args):
     spec, batch_size, size = C.shape_spec(shape)
     variables, wtx, atx, state = C.make_state(spec, size)
     variables = jax.device_get(variables)  # host copy: the JAX steps donate (delete) the state's buffers
-    cfg = C.step_config(path, variant, args.depthwise)
+    depthwise = C.depthwise_for(shape, args.depthwise)
+    cfg = C.step_config(path, variant, depthwise)
     jitted = C.search_step(spec, cfg, wtx, atx, which)
     b, key = C.batch(batch_size, size), jax.random.key(1)
     comp = C.compile_step(jitted, state, b, key)
@@ -111,7 +112,7 @@ def bench_case(shape, which, path, variant, args):
             torch_run(args.iters)
             torch_ips.append(batch_size * args.iters / (time.perf_counter() - t0))
     j, t = C.median(jax_ips), C.median(torch_ips)
-    row = {'shape': shape, 'step': which, 'path': path, 'variant': variant, 'batch': batch_size,
+    row = {'shape': shape, 'step': which, 'path': path, 'variant': variant, 'depthwise': depthwise, 'batch': batch_size,
            'jax_ips': j, 'torch_ips': t, 'ratio': j / t if torch_ips else float('nan'),
            'compile_s': comp.compile_s, 'jax_temp_mb': comp.temp_mb, 'jax_total_mb': comp.total_mb,
            'torch_peak_mb': peak() if peak else float('nan')}
@@ -127,13 +128,13 @@ def tables(rows, args) -> str:
     torch_name = 'off' if args.no_torch else (f'torch {__import__("torch").__version__} on {args.torch_device}'
                                              + (', channels_last' if args.channels_last else ''))
     out = [f'### Step benchmark ({time.strftime("%Y-%m-%d %H:%M")})', '',
-           f'{C.machine()}; {torch_name}; depthwise={args.depthwise}; iters={args.iters} x rounds={args.rounds} '
+           f'{C.machine()}; {torch_name}; pointwise={args.pointwise}; iters={args.iters} x rounds={args.rounds} '
            '(median of rounds)', '',
-           '| shape | step | path | variant | JAX img/s | torch img/s | JAX/torch | JAX compile s '
+           '| shape | step | path | variant | depthwise | JAX img/s | torch img/s | JAX/torch | JAX compile s '
            '| JAX temp MB | JAX total MB | torch peak MB |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
-        out.append(f"| {r['shape']} (b{r['batch']}) | {r['step']} | {r['path']} | {r['variant']} | {fmt(r['jax_ips'])} "
+        out.append(f"| {r['shape']} (b{r['batch']}) | {r['step']} | {r['path']} | {r['variant']} | {r['depthwise']} | {fmt(r['jax_ips'])} "
                    f"| {fmt(r['torch_ips'])} | {fmt(r['ratio'], 2)} | {fmt(r['compile_s'])} | {fmt(r['jax_temp_mb'])} "
                    f"| {fmt(r['jax_total_mb'])} | {fmt(r['torch_peak_mb'])} |")
     idx = {(r['shape'], r['step'], r['path'], r['variant']): r for r in rows}
@@ -162,13 +163,15 @@ def main():
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--depthwise', default='shift' if jax.default_backend() == 'cpu' else 'conv')
+    p.add_argument('--depthwise', default='auto', help="'shift', 'conv' or 'auto' (see _common.depthwise_for)")
     p.add_argument('--no-torch', action='store_true', help='JAX half only')
     p.add_argument('--channels-last', action='store_true', help='torch channels_last memory format')
     p.add_argument('--torch-device', default='auto', help="'cpu', 'cuda' or 'auto'")
+    p.add_argument('--pointwise', default='dot', help="1x1 convs: 'dot' (matmul, default) or 'conv' (nn.Conv)")
     p.add_argument('--out', default='', help='append the markdown tables to this file')
     p.add_argument('--json', default='', help='write the raw rows here')
     args = p.parse_args()
+    C.use_pointwise(args.pointwise)
     if args.torch_device == 'auto' and not args.no_torch:
         import torch
         args.torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -41,8 +41,11 @@ def main():
     p.add_argument('--ns', default='1,2,4,8')
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--depthwise', default='shift' if jax.default_backend() == 'cpu' else 'conv')
+    p.add_argument('--no-hard', action='store_true', help='skip the hard single-path reference (slow GPU compile)')
+    p.add_argument('--pointwise', default='dot', help="1x1 convs: 'dot' (matmul, default) or 'conv' (nn.Conv)")
     p.add_argument('--out', default='')
     args = p.parse_args()
+    C.use_pointwise(args.pointwise)
     spec, bs, size = C.shape_spec(args.shape)
     cfg = C.step_config('hardmix', 'fp32', args.depthwise)
     _, wtx, atx, state = C.make_state(spec, size)
@@ -51,10 +54,12 @@ def main():
     # baseline: one run of the mixture step, N runs cost N times its time
     base = C.compile_step(C.search_step(spec, cfg, wtx, atx, 'weight'), state, b, key)
     base_ips = bs * args.iters / time_steps(base.fn, state, b, key, args.iters)
-    _, _, _, state = C.make_state(spec, size)
-    hard = C.compile_step(C.search_step(spec, dataclasses.replace(cfg, single_path=True), wtx, atx, 'weight'),
-                          state, b, key)
-    hard_ips = bs * args.iters / time_steps(hard.fn, state, b, key, args.iters)
+    print('one run', base_ips, base.compile_s, flush=True)
+    if not args.no_hard:
+        _, _, _, state = C.make_state(spec, size)
+        hard = C.compile_step(C.search_step(spec, dataclasses.replace(cfg, single_path=True), wtx, atx, 'weight'),
+                              state, b, key)
+        hard_ips = bs * args.iters / time_steps(hard.fn, state, b, key, args.iters)
     for n in [int(x) for x in args.ns.split(',')]:
         keys = jax.random.split(jax.random.key(0), n)
         states = sweep.init_states(spec, keys, [3e-4] * n, size, wtx, ArchOptConfig())
@@ -66,9 +71,10 @@ def main():
         rows.append((n, ips, ips / base_ips, comp.compile_s, comp.temp_mb))
         print(n, ips, comp.compile_s, flush=True)
     out = [f'### vmap sweep, weight step ({time.strftime("%Y-%m-%d %H:%M")})', '', C.machine() +
-           f'; shape {args.shape} (batch {bs}); iters={args.iters}', '',
+           f'; shape {args.shape} (batch {bs}); depthwise {args.depthwise}; pointwise {args.pointwise}; iters={args.iters}', '',
            f'One run, mixture step: {base_ips:.1f} img/s (compile {base.compile_s:.1f} s); hard single path: '
-           f'{hard_ips:.1f} img/s. N separate mixture runs = {base_ips:.1f} img/s in total.', '',
+           + ('not run' if args.no_hard else f'{hard_ips:.1f} img/s')
+           + f'. N separate mixture runs = {base_ips:.1f} img/s in total.', '',
            '| N | total img/s (vmap) | vs N separate runs | compile s | temp MB |', '|---|---|---|---|---|']
     out += [f'| {n} | {ips:.1f} | {r:.2f}x | {c:.1f} | {m:.1f} |' for n, ips, r, c, m in rows]
     C.report(out, args.out)
