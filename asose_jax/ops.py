@@ -22,30 +22,8 @@ def batch_norm(train: bool, affine: bool, name: str | None = None, scale_init=nn
                         scale_init=scale_init, name=name)
 
 
-class PointwiseConv(nn.Module):
-    """1x1 convolution as a matmul over channels, with nn.Conv's parameter ('kernel', (1, 1, C_in, C_out)).
-
-    Why not nn.Conv: under `vmap` (the seed sweep) a matmul becomes a batched matmul, where a conv
-    with a batched kernel becomes a grouped convolution; and the smoke weight step was no slower
-    with it (1.05-1.32x on the 2-core CPU, 1.2x in one H200 sample; bench/RESULTS.md).
-    """
-
-    features: int
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param('kernel', nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features),
-                            jnp.float32)
-        if self.stride > 1:
-            x = x[:, ::self.stride, ::self.stride, :]
-        return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0].astype(x.dtype))
-
-
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
-         name: str | None = None) -> nn.Module:
-    if kernel == 1 and padding == 0:
-        return PointwiseConv(features, stride, name=name)
+         name: str | None = None) -> nn.Conv:
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)),
                    kernel_dilation=(dilation, dilation), use_bias=False, name=name)

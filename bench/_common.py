@@ -58,20 +58,39 @@ def machine() -> str:
             f'({dev.device_kind}, {jax.device_count()} device(s))')
 
 
-_MATMUL_CONV = ops.conv
+class PointwiseConv(nn.Module):
+    """Experimental 1x1 convolution as a matmul over channels, with nn.Conv's parameter (same name,
+    shape and initial value). Under vmap it becomes a batched matmul instead of a grouped conv; it
+    is not the model's default because unoptimised CPU compiles (the tests) took ~20% longer."""
+
+    features: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param('kernel', nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features),
+                            jnp.float32)
+        if self.stride > 1:
+            x = x[:, ::self.stride, ::self.stride, :]
+        return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0].astype(x.dtype))
+
+
+_PLAIN_CONV = ops.conv
+
+
+def _matmul_conv(features, kernel, stride=1, padding=0, dilation=1, name=None):
+    if kernel == 1 and padding == 0:
+        return PointwiseConv(features, stride, name=name)
+    return _PLAIN_CONV(features, kernel, stride, padding, dilation, name)
 
 
 def use_pointwise(impl: str) -> None:
-    """A/B switch for the benchmarks only: 'conv' builds 1x1 convolutions as the plain nn.Conv (the
-    earlier path) instead of `ops.PointwiseConv` (a matmul, 'dot'). Call before building any step."""
+    """A/B switch for the benchmarks only: 'dot' builds the model's 1x1 convolutions as
+    `PointwiseConv` (a matmul) instead of nn.Conv ('conv', the model's path). Call before building
+    any step."""
     if impl not in ('dot', 'conv'):
         raise SystemExit(f'unknown pointwise impl {impl!r}; allowed: dot, conv')
-    ops.conv = _MATMUL_CONV if impl == 'dot' else _plain_conv
-
-
-def _plain_conv(features, kernel, stride=1, padding=0, dilation=1, name=None):
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
-                   kernel_dilation=(dilation, dilation), use_bias=False, name=name)
+    ops.conv = _matmul_conv if impl == 'dot' else _PLAIN_CONV
 
 
 def step_config(path: str, variant: str, depthwise: str) -> SearchStepConfig:

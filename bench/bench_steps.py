@@ -167,7 +167,7 @@ def main():
     p.add_argument('--no-torch', action='store_true', help='JAX half only')
     p.add_argument('--channels-last', action='store_true', help='torch channels_last memory format')
     p.add_argument('--torch-device', default='auto', help="'cpu', 'cuda' or 'auto'")
-    p.add_argument('--pointwise', default='dot', help="1x1 convs: 'dot' (matmul, default) or 'conv' (nn.Conv)")
+    p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' (nn.Conv, the model's) or 'dot' (matmul)")
     p.add_argument('--out', default='', help='append the markdown tables to this file')
     p.add_argument('--json', default='', help='write the raw rows here')
     args = p.parse_args()

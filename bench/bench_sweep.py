@@ -42,7 +42,7 @@ def main():
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--depthwise', default='shift' if jax.default_backend() == 'cpu' else 'conv')
     p.add_argument('--no-hard', action='store_true', help='skip the hard single-path reference (slow GPU compile)')
-    p.add_argument('--pointwise', default='dot', help="1x1 convs: 'dot' (matmul, default) or 'conv' (nn.Conv)")
+    p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' (nn.Conv, the model's) or 'dot' (matmul)")
     p.add_argument('--out', default='')
     args = p.parse_args()
     C.use_pointwise(args.pointwise)

@@ -3,7 +3,7 @@
 # sweep N=1,2,4,8, and a timed DARTS-space search on a short split (extrapolated to 50 epochs).
 # On an H200 each step compiles in 20-40 s, so all of it needs ~30 minutes; a 15-minute lease fits
 # one section: SECTIONS=steps|sweep|search (default all three). Each section has its own time limit
-# (LIMIT seconds, default 600); NS picks the sweep sizes, POINTWISE=conv the plain 1x1 convs for an A/B.
+# (LIMIT seconds, default 600); NS picks the sweep sizes, POINTWISE=dot the matmul 1x1 convs for an A/B.
 # Results: $OUT/gpu_results.md (+ raw JSON), else bench/out/.
 # The torch column is the twin on the same GPU when torch.cuda is available (else NO_TORCH=1).
 set -uo pipefail
@@ -28,7 +28,7 @@ if [[ $SECTIONS == *steps* ]]; then
 fi
 if [[ $SECTIONS == *sweep* ]]; then
   timeout "$LIMIT" python3 bench/bench_sweep.py --shape smoke --ns ${NS:-1,2,4,8} --iters ${ITERS:-20} --no-hard \
-    --depthwise ${DEPTHWISE:-conv} --pointwise ${POINTWISE:-dot} --out "$RES" 2>&1 | tail -14; echo "sweep: $((SECONDS-t0)) s"
+    --depthwise ${DEPTHWISE:-conv} --pointwise ${POINTWISE:-conv} --out "$RES" 2>&1 | tail -14; echo "sweep: $((SECONDS-t0)) s"
 fi
 if [[ $SECTIONS == *search* ]]; then
   timeout "$LIMIT" python3 bench/bench_search.py --mixture --train ${TRAIN:-6400} --epochs ${EPOCHS:-2} --out "$RES" \

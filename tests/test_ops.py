@@ -1,11 +1,10 @@
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from asose_jax.genotype import PRIMITIVES
-from asose_jax.ops import DepthwiseConv, FactorizedReduce, PointwiseConv, Pool, batch_norm, make_op
+from asose_jax.ops import DepthwiseConv, FactorizedReduce, Pool, batch_norm, make_op
 
 
 def _run(module, x, train=True):
@@ -70,18 +69,6 @@ def test_depthwise_shift_equals_grouped_conv(k, stride, pad, dil):
     a = conv.apply(variables, x)
     b = DepthwiseConv(k, stride, pad, dil, impl='shift').apply(variables, x)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
-
-
-@pytest.mark.parametrize('stride, size', [(1, 8), (2, 8), (2, 7)])
-def test_pointwise_matmul_equals_1x1_conv(stride, size):
-    """Same parameter (name, shape, initial value) and output as nn.Conv, so checkpoints and the
-    torch conversion are unaffected."""
-    x = jax.random.normal(jax.random.key(3), (2, size, size, 4))
-    ref = nn.Conv(6, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)), use_bias=False)
-    variables = ref.init(jax.random.key(0), x)
-    ours = PointwiseConv(6, stride)
-    np.testing.assert_array_equal(ours.init(jax.random.key(0), x)['params']['kernel'], variables['params']['kernel'])
-    np.testing.assert_allclose(np.asarray(ours.apply(variables, x)), np.asarray(ref.apply(variables, x)), atol=1e-5)
 
 
 def test_factorized_reduce_needs_even_channels():
