@@ -8,7 +8,7 @@ from asose_jax import stability
 from asose_jax.data import DATASETS, SOURCES
 from asose_jax.genotype import PRIMITIVES
 from asose_jax.gumbel import SCHEDULES
-from asose_jax.ops import DEPTHWISE_IMPLS
+from asose_jax.ops import DEPTHWISE_IMPLS, POINTWISE_IMPLS
 from asose_jax.optim import ArchOptConfig, WeightOptConfig
 from asose_jax.spec import NetworkSpec
 from asose_jax.steps import COMPUTE_DTYPES, SearchStepConfig
@@ -35,6 +35,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     )
     c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
                    primitives=list(PRIMITIVES), depthwise_impl='conv',
+                   pointwise_impl='conv',    # 'dot': 1x1 convs as matmuls (N=8 GPU sweep 1.40x; CPU tests compile slower)
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
                    remat=False)              # recompute cell activations in the backward pass
     c.search = dict(
@@ -184,6 +185,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(any(p != 'none' for p in m.primitives), 'model.primitives', list(m.primitives),
            "at least one op other than 'none' (derive picks the strongest non-none op)")
     _check(m.depthwise_impl in DEPTHWISE_IMPLS, 'model.depthwise_impl', m.depthwise_impl, str(DEPTHWISE_IMPLS))
+    _check(m.pointwise_impl in POINTWISE_IMPLS, 'model.pointwise_impl', m.pointwise_impl, str(POINTWISE_IMPLS))
     _check(m.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype', m.compute_dtype, str(COMPUTE_DTYPES))
     _check(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
     _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
@@ -280,7 +282,7 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
         tau_start=s.warmup_epochs * n_batches if phase == 'search' else 0,
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
         unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl,
-        compute_dtype=c.model.compute_dtype, remat=c.model.remat)
+        pointwise_impl=c.model.pointwise_impl, compute_dtype=c.model.compute_dtype, remat=c.model.remat)
 
 
 def weight_opt_config(c: ml_collections.ConfigDict) -> WeightOptConfig:

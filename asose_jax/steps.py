@@ -16,6 +16,7 @@ from asose_jax import gumbel
 from asose_jax.compilation import rarely_run
 from asose_jax.data import augment, normalize
 from asose_jax.network import CELL_TYPES, FixedNetwork, SearchNetwork
+from asose_jax.ops import POINTWISE_IMPLS, pointwise
 from asose_jax.spec import NetworkSpec
 from asose_jax.train_state import TrainState
 
@@ -44,6 +45,7 @@ class SearchStepConfig:
     unrolled_wd: float = 3e-4
     eval_mode: str = 'argmax'
     depthwise_impl: str = 'conv'
+    pointwise_impl: str = 'conv'    # 'dot': 1x1 convs as matmuls (ops.pointwise; faster vmapped sweeps on GPU)
     compute_dtype: str = 'float32'  # 'bfloat16': params, edge weights, activations cast inside the step
     remat: bool = False             # nn.remat per cell
 
@@ -103,7 +105,14 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
     """Builds the jitted weight/arch/eval steps of the search network for one phase."""
     if cfg.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f'compute_dtype {cfg.compute_dtype!r}; allowed: {COMPUTE_DTYPES}')
-    model = SearchNetwork(spec, cfg.depthwise_impl, remat=cfg.remat)
+    if cfg.pointwise_impl not in POINTWISE_IMPLS:
+        raise ValueError(f'pointwise_impl {cfg.pointwise_impl!r}; allowed: {POINTWISE_IMPLS}')
+    network = SearchNetwork(spec, cfg.depthwise_impl, remat=cfg.remat)
+
+    def apply(*args, **kwargs):
+        with pointwise(cfg.pointwise_impl):
+            return network.apply(*args, **kwargs)
+
     single_path_eval = cfg.eval_mode == 'argmax'
     stochastic = spec.dropout > 0 or spec.drop_path > 0  # growth's regularise turns these on
     dtype = jnp.dtype(cfg.compute_dtype)
@@ -111,9 +120,9 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
     def batch_loss(weights, batch_stats, ew, x, y, drop_key):
         if dtype != jnp.float32:  # BN statistics stay fp32 (batch_stats are not cast)
             weights, ew, x = cast_floating((weights, ew, x), dtype)
-        logits, upd = model.apply({'params': weights, 'batch_stats': batch_stats}, x, ew, train=True,
-                                  single_path=cfg.single_path, mutable=['batch_stats'],
-                                  rngs={'dropout': drop_key} if stochastic else None)
+        logits, upd = apply({'params': weights, 'batch_stats': batch_stats}, x, ew, train=True,
+                            single_path=cfg.single_path, mutable=['batch_stats'],
+                            rngs={'dropout': drop_key} if stochastic else None)
         logits = logits.astype(jnp.float32)
         loss, acc = cross_entropy(logits, y)
         return loss, (acc, upd['batch_stats'])
@@ -159,8 +168,8 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
 
     def eval_metrics(state: TrainState, batch):
         ew = eval_edge_weights(cfg, state.params['arch'])
-        logits = model.apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},
-                             normalize(batch['image']), ew, train=False, single_path=single_path_eval)
+        logits = apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},
+                       normalize(batch['image']), ew, train=False, single_path=single_path_eval)
         loss, acc = cross_entropy(logits, batch['label'], batch.get('mask'))
         return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits),
                 'logits': logits}

@@ -7,7 +7,6 @@ import platform
 import statistics
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,49 +57,17 @@ def machine() -> str:
             f'({dev.device_kind}, {jax.device_count()} device(s))')
 
 
-class PointwiseConv(nn.Module):
-    """Experimental 1x1 convolution as a matmul over channels, with nn.Conv's parameter (same name,
-    shape and initial value). Under vmap it becomes a batched matmul instead of a grouped conv; it
-    is not the model's default because unoptimised CPU compiles (the tests) took ~20% longer."""
-
-    features: int
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param('kernel', nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features),
-                            jnp.float32)
-        if self.stride > 1:
-            x = x[:, ::self.stride, ::self.stride, :]
-        return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0].astype(x.dtype))
-
-
-_PLAIN_CONV = ops.conv
-
-
-def _matmul_conv(features, kernel, stride=1, padding=0, dilation=1, name=None):
-    if kernel == 1 and padding == 0:
-        return PointwiseConv(features, stride, name=name)
-    return _PLAIN_CONV(features, kernel, stride, padding, dilation, name)
-
-
-def use_pointwise(impl: str) -> None:
-    """A/B switch for the benchmarks only: 'dot' builds the model's 1x1 convolutions as
-    `PointwiseConv` (a matmul) instead of nn.Conv ('conv', the model's path). Call before building
-    any step."""
-    if impl not in ('dot', 'conv'):
-        raise SystemExit(f'unknown pointwise impl {impl!r}; allowed: dot, conv')
-    ops.conv = _matmul_conv if impl == 'dot' else _PLAIN_CONV
-
-
-def step_config(path: str, variant: str, depthwise: str) -> SearchStepConfig:
-    """path: soft (full mixture, soft Gumbel) | hard (single path, lax.switch) | hardmix (hard ST, mixture)."""
+def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv') -> SearchStepConfig:
+    """path: soft (full mixture, soft Gumbel) | hard (single path, lax.switch) | hardmix (hard ST, mixture);
+    pointwise: the 1x1 convs as nn.Conv ('conv') or matmuls ('dot', model.pointwise_impl)."""
+    if pointwise not in ops.POINTWISE_IMPLS:
+        raise SystemExit(f'unknown pointwise impl {pointwise!r}; allowed: {ops.POINTWISE_IMPLS}')
     if path not in ('soft', 'hard', 'hardmix'):
         raise SystemExit(f'unknown path {path!r}; allowed: soft, hard, hardmix')
     if variant not in ('fp32', 'bf16', 'remat'):
         raise SystemExit(f'unknown variant {variant!r}; allowed: fp32, bf16, remat')
     return SearchStepConfig(sampling='gumbel', hard=path != 'soft', single_path=path == 'hard', tau_max=5.0,
-                            tau_min=1.0, tau_steps=1000, depthwise_impl=depthwise,
+                            tau_min=1.0, tau_steps=1000, depthwise_impl=depthwise, pointwise_impl=pointwise,
                             compute_dtype='bfloat16' if variant == 'bf16' else 'float32', remat=variant == 'remat')
 
 

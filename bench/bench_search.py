@@ -55,9 +55,10 @@ def main():
     t0 = time.time()
     phases.search_phase(ctx, 'search', spec, state, args.epochs)
     wall = time.time() - t0
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        recs = [json.loads(l) for l in f]
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:  # epoch records; events (warnings, growth) have 'event'
+        recs = [r for r in map(json.loads, f) if 'event' not in r]
     compile_s = recs[0]['first_step_s']
+    print(f'wall {wall:.1f} s, first step {compile_s:.1f} s, last epoch {recs[-1]["images_per_sec"]:.1f} img/s', flush=True)
     scale = 25000 / len(splits['weights'])  # per-epoch time at the 25k/25k split
     per_epoch = (wall - compile_s) / args.epochs * scale
     report([

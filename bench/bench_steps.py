@@ -85,7 +85,7 @@ def bench_case(shape, which, path, variant, args):
     variables, wtx, atx, state = C.make_state(spec, size)
     variables = jax.device_get(variables)  # host copy: the JAX steps donate (delete) the state's buffers
     depthwise = C.depthwise_for(shape, args.depthwise)
-    cfg = C.step_config(path, variant, depthwise)
+    cfg = C.step_config(path, variant, depthwise, args.pointwise)
     jitted = C.search_step(spec, cfg, wtx, atx, which)
     b, key = C.batch(batch_size, size), jax.random.key(1)
     comp = C.compile_step(jitted, state, b, key)
@@ -167,11 +167,10 @@ def main():
     p.add_argument('--no-torch', action='store_true', help='JAX half only')
     p.add_argument('--channels-last', action='store_true', help='torch channels_last memory format')
     p.add_argument('--torch-device', default='auto', help="'cpu', 'cuda' or 'auto'")
-    p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' (nn.Conv, the model's) or 'dot' (matmul)")
+    p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' (nn.Conv, the default) or 'dot' (matmul: model.pointwise_impl)")
     p.add_argument('--out', default='', help='append the markdown tables to this file')
     p.add_argument('--json', default='', help='write the raw rows here')
     args = p.parse_args()
-    C.use_pointwise(args.pointwise)
     if args.torch_device == 'auto' and not args.no_torch:
         import torch
         args.torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'

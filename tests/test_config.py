@@ -44,6 +44,7 @@ def test_unknown_variant():
     ('model.C', 7, 'model.C'),
     ('model.primitives', ['none', 'conv_9x9'], 'model.primitives'),
     ('model.primitives', ['none'], 'other than'),
+    ('model.pointwise_impl', 'matmul', 'model.pointwise_impl'),
     ('search.arch_every', 0, 'search.arch_every'),
     ('search.tau_schedule', 'cosine', 'search.tau_schedule'),
     ('search.eval_mode', 'mean', 'search.eval_mode'),

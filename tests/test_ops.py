@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from asose_jax.genotype import PRIMITIVES
-from asose_jax.ops import DepthwiseConv, FactorizedReduce, Pool, batch_norm, make_op
+from asose_jax.ops import DepthwiseConv, FactorizedReduce, Pool, batch_norm, make_op, pointwise
 
 
 def _run(module, x, train=True):
@@ -69,6 +69,32 @@ def test_depthwise_shift_equals_grouped_conv(k, stride, pad, dil):
     a = conv.apply(variables, x)
     b = DepthwiseConv(k, stride, pad, dil, impl='shift').apply(variables, x)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.parametrize('primitive, stride, n_1x1', [('sep_conv_3x3', 1, 2), ('dil_conv_5x5', 2, 1),
+                                                      ('skip_connect', 2, 2)])
+def test_pointwise_dot_equals_conv(primitive, stride, n_1x1):
+    """pointwise('dot') computes each 1x1 conv (skip_connect at stride 2 is a FactorizedReduce) as a
+    matmul with the conv's own parameter: same outputs and gradients, n_1x1 fewer convolutions."""
+    x = jax.random.normal(jax.random.key(4), (2, 8, 8, 4))
+    op = make_op(primitive, 4, stride, affine=True)
+    variables = op.init(jax.random.key(0), x, train=False)
+
+    def loss(params, impl):
+        with pointwise(impl):
+            out, _ = op.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+        return jnp.sum(out ** 2), out
+
+    (_, a), ga = jax.value_and_grad(loss, has_aux=True)(variables['params'], 'conv')
+    (_, b), gb = jax.value_and_grad(loss, has_aux=True)(variables['params'], 'dot')
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-4)
+    convs = {impl: str(jax.make_jaxpr(lambda p, i=impl: loss(p, i))(variables['params'])).count('conv_general_dilated')
+             for impl in ('conv', 'dot')}
+    assert convs['conv'] - convs['dot'] == n_1x1, convs
+    with pytest.raises(ValueError, match='pointwise impl'):
+        pointwise('matmul')
 
 
 def test_factorized_reduce_needs_even_channels():

@@ -88,3 +88,17 @@ def test_unrolled_arch_step_differs_from_first_order():
     g1, g2 = float(m1['arch_grad_norm']), float(m2['arch_grad_norm'])
     assert np.isfinite(g2) and g2 > 0 and g1 > 0
     assert g1 != pytest.approx(g2, rel=1e-6)
+
+
+def test_pointwise_dot_reaches_the_search_steps(setup):
+    """model.pointwise_impl='dot' swaps the network's 1x1 convs for matmuls inside the jitted steps
+    (ops.pointwise; numerics in test_ops): the traced program has fewer convolutions, same outputs."""
+    spec, conv_steps, fresh = setup
+    wtx = weight_transform(WeightOptConfig(), 100)
+    dot_steps = make_search_steps(spec, SearchStepConfig(tau_steps=10, pointwise_impl='dot'), wtx, None)
+    state, batch = fresh(), _batch(0)
+    convs = [str(jax.make_jaxpr(s.eval_jit)(state, batch)).count('conv_general_dilated')
+             for s in (conv_steps, dot_steps)]
+    assert convs[1] < convs[0], convs
+    with pytest.raises(ValueError, match='pointwise_impl'):
+        make_search_steps(spec, SearchStepConfig(pointwise_impl='matmul'), wtx, None)
