@@ -41,13 +41,18 @@ shape, path, iters = sys.argv[3], sys.argv[4], int(sys.argv[5])
 spec, bs, size = C.shape_spec(shape)
 _, wtx, atx, state = C.make_state(spec, size)
 b, key = C.batch(bs, size), jax.random.key(1)
-comp = C.compile_step(C.search_step(spec, C.step_config(path, 'fp32', sys.argv[6]), wtx, atx, 'weight'), state, b, key)
-state, m = comp.fn(state, b, key); jax.block_until_ready(m)
-t0 = time.perf_counter()
+jitted = C.search_step(spec, C.step_config(path, 'fp32', sys.argv[6]), wtx, atx, 'weight')
+t0 = time.perf_counter(); traced = jitted.trace(state, b, key)
+t1 = time.perf_counter(); lowered = traced.lower()
+t2 = time.perf_counter(); fn = lowered.compile()
+t3 = time.perf_counter()
+state, m = fn(state, b, key); jax.block_until_ready(m)
+t0_run = time.perf_counter()
 for _ in range(iters):
-    state, m = comp.fn(state, b, key)
+    state, m = fn(state, b, key)
 jax.block_until_ready(m)
-print('RESULT' + json.dumps({'compile_s': comp.compile_s, 'ips': bs * iters / (time.perf_counter() - t0)}))
+print('RESULT' + json.dumps({'compile_s': t3 - t0, 'trace_s': t1 - t0, 'lower_s': t2 - t1, 'xla_s': t3 - t2,
+                             'ips': bs * iters / (time.perf_counter() - t0_run)}))
 '''
 
 
@@ -71,18 +76,18 @@ def main():
             subprocess.run(cmd, env=env, capture_output=True, check=True)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
-            rows.append((name, float('nan'), float('nan'), proc.stderr.strip().splitlines()[-1][:120]))
+            rows.append((name, *[float('nan')] * 5, proc.stderr.strip().splitlines()[-1][:120]))
         else:
             r = json.loads([l for l in proc.stdout.splitlines() if l.startswith('RESULT')][-1][6:])
-            rows.append((name, r['compile_s'], r['ips'], ''))
+            rows.append((name, r['compile_s'], r['trace_s'], r['lower_s'], r['xla_s'], r['ips'], ''))
         print(rows[-1], flush=True)
     sys.path.insert(0, ROOT)
     from bench._common import machine, report
     out = [f'### Compile time, search weight step ({time.strftime("%Y-%m-%d %H:%M")})', '',
            machine() + f'; shape {args.shape}, path {args.path}, depthwise {args.depthwise}; persistent cache off '
-           'except in its own row',
-           '', '| setting | compile s | step img/s | note |', '|---|---|---|---|']
-    out += [f'| {n} | {c:.1f} | {i:.1f} | {e} |' for n, c, i, e in rows]
+           'except in its own row; compile s = trace (Python) + lower (to StableHLO) + XLA (compile, or load from the cache)',
+           '', '| setting | compile s | trace s | lower s | XLA s | step img/s | note |', '|---|---|---|---|---|---|---|']
+    out += [f'| {n} | {c:.1f} | {t:.1f} | {lo:.1f} | {x:.1f} | {i:.1f} | {e} |' for n, c, t, lo, x, i, e in rows]
     report(out, args.out)
 
 

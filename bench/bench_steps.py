@@ -159,7 +159,11 @@ def main():
     p.add_argument('--shapes', default='smoke,darts')
     p.add_argument('--steps', default='weight,arch')
     p.add_argument('--paths', default='soft,hard')
-    p.add_argument('--variants', default='fp32,bf16,remat')
+    p.add_argument('--variants', default='fp32,bf16,remat',
+                   help='fp32 (always run, unless --skip-fp32) covers every --steps x --paths case; '
+                   'bf16 and remat the weight step only')
+    p.add_argument('--skip-fp32', action='store_true', help='only the --variants other than fp32 (e.g. remat '
+                   'where the fp32 step does not fit in memory)')
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--warmup', type=int, default=2)
@@ -175,7 +179,8 @@ def main():
         import torch
         args.torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'
     split = lambda s: [x for x in s.split(',') if x]  # noqa: E731
-    cases = [(s, st, pa, 'fp32') for s in split(args.shapes) for st in split(args.steps) for pa in split(args.paths)]
+    cases = [(s, st, pa, 'fp32') for s in split(args.shapes) for st in split(args.steps) for pa in split(args.paths)
+             if not args.skip_fp32]
     cases += [(s, 'weight', pa, v) for s in split(args.shapes) for pa in split(args.paths)
               for v in split(args.variants) if v != 'fp32']
     rows = [bench_case(*c, args) for c in cases]
