@@ -3,7 +3,8 @@
 BatchNorm matches PyTorch's BatchNorm2d(momentum=0.1) as Flax momentum=0.9, eps=1e-5 and the
 two-pass variance. Depthwise convolutions have two interchangeable implementations with the same
 parameters: XLA's grouped convolution ('conv') and k*k shifted multiply-adds ('shift'), which XLA
-fuses into one loop and which is much faster on CPU.
+fuses into one loop and which is much faster on CPU. 1x1 convolutions are nn.Conv, or matmuls over
+channels under `pointwise('dot')` (same parameters).
 """
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_unrolled_arch_step_differs_from_first_order():
 
 def test_pointwise_dot_reaches_the_search_steps(setup):
     """model.pointwise_impl='dot' swaps the network's 1x1 convs for matmuls inside the jitted steps
-    (ops.pointwise; numerics in test_ops): the traced program has fewer convolutions, same outputs."""
+    (ops.pointwise): the traced program has fewer convolutions (same numerics: test_ops)."""
     spec, conv_steps, fresh = setup
     wtx = weight_transform(WeightOptConfig(), 100)
     dot_steps = make_search_steps(spec, SearchStepConfig(tau_steps=10, pointwise_impl='dot'), wtx, None)
