@@ -17,6 +17,7 @@ class MixedOp(nn.Module):
     single_path=True evaluates only op argmax(w) (GDAS-style) through `nn.switch` and scales it by
     w[argmax]: with straight-through one-hot weights the value is op(x) and the gradient reaches
     the logits. Under vmap the switch becomes a select that evaluates every branch.
+    `remat_branch` recomputes the sampled op in the backward pass instead of storing residuals.
     Ops in `gated` (added by growth) are scaled by a learnable scalar that starts at zero, so a new
     branch starts without changing the edge's output. `drop_path_rate` drops the edge's output
     per sample in train mode (needs a 'dropout' rng).
@@ -28,6 +29,7 @@ class MixedOp(nn.Module):
     depthwise_impl: str = 'conv'
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
+    remat_branch: bool = False  # single path: recompute the sampled op in the backward pass
 
     def setup(self):
         self.ops = [make_op(p, self.C, self.stride, affine=False, search=True,
@@ -48,6 +50,10 @@ class MixedOp(nn.Module):
             if self.is_initializing():
                 for branch in branches:  # create every op's variables
                     branch(self, x)
+            elif self.remat_branch:
+                # the switch's linearization returns every branch's residuals (zero-filled when not
+                # taken); rematerialised, a branch keeps only its input: 2-3x faster on CPU with 'shift'
+                branches = [nn.remat(branch) for branch in branches]
             idx = jnp.argmax(w)
             out = nn.switch(idx, branches, self, x) * w[idx]
         return drop_path(self, out, self.drop_path_rate, train)
@@ -87,11 +93,12 @@ class _InputEdge(nn.Module):
     single_path: bool
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
+    remat_branch: bool = False
 
     @nn.compact
     def __call__(self, carry, inputs, w, src):
         op = MixedOp(self.C, self.stride, self.primitives, self.depthwise_impl, self.gated, self.drop_path_rate,
-                     name='mixed')
+                     self.remat_branch, name='mixed')
         return carry, op(inputs[src], w, self.train, self.single_path)
 
 
@@ -105,10 +112,12 @@ class _NodeEdge(nn.Module):
     single_path: bool
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
+    remat_branch: bool = False
 
     @nn.compact
     def __call__(self, nodes, w, src, dst):
-        op = MixedOp(self.C, 1, self.primitives, self.depthwise_impl, self.gated, self.drop_path_rate, name='mixed')
+        op = MixedOp(self.C, 1, self.primitives, self.depthwise_impl, self.gated, self.drop_path_rate,
+                     self.remat_branch, name='mixed')
         return nodes.at[dst].add(op(nodes[src], w, self.train, self.single_path)), None
 
 
@@ -134,6 +143,7 @@ class SearchCell(nn.Module):
     depthwise_impl: str = 'conv'
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
+    remat_branch: bool = False
 
     @nn.compact
     def __call__(self, s0, s1, weights, train: bool, single_path: bool = False):
@@ -143,14 +153,14 @@ class SearchCell(nn.Module):
         in_idx, in_src, in_dst = map(jnp.array, zip(*input_edges(self.steps)))
         in_scan = _scan(_InputEdge, len(in_idx), (nn.broadcast, 0, 0))(
             self.C, 2 if self.reduction else 1, prims, self.depthwise_impl, train, single_path,
-            tuple(self.gated), self.drop_path_rate, name='input_edges')
+            tuple(self.gated), self.drop_path_rate, self.remat_branch, name='input_edges')
         _, outs = in_scan(None, inputs, weights[in_idx], in_src)
         nodes = jax.ops.segment_sum(outs, in_dst, num_segments=self.steps, indices_are_sorted=True)
         if self.steps > 1:
             nd_idx, nd_src, nd_dst = map(jnp.array, zip(*node_edges(self.steps)))
             nd_scan = _scan(_NodeEdge, len(nd_idx), (0, 0, 0))(
                 self.C, prims, self.depthwise_impl, train, single_path, tuple(self.gated), self.drop_path_rate,
-                name='node_edges')
+                self.remat_branch, name='node_edges')
             nodes, _ = nd_scan(nodes, weights[nd_idx], nd_src, nd_dst)
         return jnp.concatenate(list(nodes[self.steps - self.multiplier:]), axis=-1)
 

@@ -32,7 +32,9 @@ FORMAT = 1
 SHAPE_FIELDS = ('seed', 'data.', 'model.', 'search.batch_size', 'search.arch_every', 'search.warmup_epochs',
                 'search.search_epochs', 'optimize.C', 'optimize.layers', 'optimize.batch_size', 'optimize.epochs',
                 'optimize.auxiliary', 'growth.', 'parallel.')
-IGNORED_FIELDS = ('data.eval_batch_size', 'progress', 'checkpoint.')
+# ... but not these: how the same parameters are computed (a checkpoint from before a field existed resumes too)
+IGNORED_FIELDS = ('data.eval_batch_size', 'progress', 'checkpoint.', 'model.depthwise_impl', 'model.pointwise_impl',
+                  'model.remat', 'model.remat_branch')
 
 
 class CheckpointError(RuntimeError):

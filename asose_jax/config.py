@@ -37,7 +37,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
                    primitives=list(PRIMITIVES), depthwise_impl='conv',
                    pointwise_impl='conv',    # 'dot': 1x1 convs as matmuls (N=8 GPU sweep 1.40x; CPU tests compile slower)
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
-                   remat=False)              # recompute cell activations in the backward pass
+                   remat=False,              # recompute cell activations in the backward pass
+                   remat_branch=False)       # single path: recompute the sampled op (2-3x on CPU with 'shift')
     c.search = dict(
         batch_size=64,
         warmup_epochs=10,
@@ -188,6 +189,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(m.pointwise_impl in POINTWISE_IMPLS, 'model.pointwise_impl', m.pointwise_impl, str(POINTWISE_IMPLS))
     _check(m.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype', m.compute_dtype, str(COMPUTE_DTYPES))
     _check(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
+    _check(isinstance(m.remat_branch, bool), 'model.remat_branch', m.remat_branch, 'True or False')
     _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
            'True (shard the batch over all local devices) or False')
     _check(isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1, 'sweep.seeds', c.sweep.seeds, 'an integer >= 1')
@@ -282,7 +284,8 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
         tau_start=s.warmup_epochs * n_batches if phase == 'search' else 0,
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
         unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl,
-        pointwise_impl=c.model.pointwise_impl, compute_dtype=c.model.compute_dtype, remat=c.model.remat)
+        pointwise_impl=c.model.pointwise_impl, compute_dtype=c.model.compute_dtype, remat=c.model.remat,
+        remat_branch=c.model.remat_branch)
 
 
 def weight_opt_config(c: ml_collections.ConfigDict) -> WeightOptConfig:

@@ -57,6 +57,9 @@ def machine() -> str:
             f'({dev.device_kind}, {jax.device_count()} device(s))')
 
 
+VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch')  # remat: per cell; remat_branch: per single-path op
+
+
 def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv') -> SearchStepConfig:
     """path: soft (full mixture, soft Gumbel) | hard (single path, lax.switch) | hardmix (hard ST, mixture);
     pointwise: the 1x1 convs as nn.Conv ('conv') or matmuls ('dot', model.pointwise_impl)."""
@@ -64,11 +67,12 @@ def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv'
         raise SystemExit(f'unknown pointwise impl {pointwise!r}; allowed: {ops.POINTWISE_IMPLS}')
     if path not in ('soft', 'hard', 'hardmix'):
         raise SystemExit(f'unknown path {path!r}; allowed: soft, hard, hardmix')
-    if variant not in ('fp32', 'bf16', 'remat'):
-        raise SystemExit(f'unknown variant {variant!r}; allowed: fp32, bf16, remat')
+    if variant not in VARIANTS:
+        raise SystemExit(f'unknown variant {variant!r}; allowed: {", ".join(VARIANTS)}')
     return SearchStepConfig(sampling='gumbel', hard=path != 'soft', single_path=path == 'hard', tau_max=5.0,
                             tau_min=1.0, tau_steps=1000, depthwise_impl=depthwise, pointwise_impl=pointwise,
-                            compute_dtype='bfloat16' if variant == 'bf16' else 'float32', remat=variant == 'remat')
+                            compute_dtype='bfloat16' if variant == 'bf16' else 'float32', remat=variant == 'remat',
+                            remat_branch=variant == 'remat_branch')
 
 
 def make_state(spec: NetworkSpec, size: int, seed: int = 0):

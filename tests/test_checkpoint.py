@@ -135,3 +135,15 @@ def test_nan_retries_exhausted_names_phase_and_steps(tmp_path, monkeypatch):
     monkeypatch.setenv(phases.NAN_ENV, 'warmup:2')
     with pytest.raises(FloatingPointError, match=r'warmup epoch 0, steps 1\.\.2'):
         run(c, str(tmp_path))
+
+
+def test_execution_forms_do_not_block_a_resume():
+    """Depthwise/pointwise form and remat compute the same parameters: changing them (or a checkpoint
+    written before a field existed) resumes; a shape field does not."""
+    saved = checkpoint.config_dict(ckpt_tiny_config.get_config())
+    del saved['model']['remat_branch'], saved['model']['pointwise_impl']
+    c = ckpt_tiny_config.get_config()
+    c.model.depthwise_impl, c.model.pointwise_impl, c.model.remat_branch = 'shift', 'dot', True
+    assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == []
+    c.model.C = 8
+    assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == ['model.C']

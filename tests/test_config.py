@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from asose_jax.config import ConfigError, network_spec, validate
+from asose_jax.config import ConfigError, network_spec, search_step_config, validate
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
@@ -64,3 +64,12 @@ def test_single_path_needs_hard():
     c.search.hard = False
     with pytest.raises(ConfigError, match='search.single_path'):
         validate(c)
+
+
+def test_model_fast_paths_reach_the_search_steps():
+    """The config's execution options (none of them change parameters) end up in the step config."""
+    c = _load('cifar10', 'smoke')
+    c.model.pointwise_impl, c.model.remat_branch, c.model.depthwise_impl = 'dot', True, 'shift'
+    validate(c)
+    s = search_step_config(c, 'search', 10)
+    assert (s.pointwise_impl, s.remat_branch, s.depthwise_impl) == ('dot', True, 'shift')

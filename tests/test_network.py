@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asose_jax.cells import MixedOp
 from asose_jax.genotype import Genotype
 from asose_jax.network import (FixedNetwork, SearchNetwork, count_params, init_search_variables,
                                uniform_edge_weights)
@@ -57,3 +58,31 @@ def test_fixed_network_with_auxiliary_head():
     assert logits.shape == (2, 10) and aux.shape == (2, 10)
     logits_eval, aux_eval = model.apply(variables, x, train=False)
     assert aux_eval is None and logits_eval.shape == (2, 10)
+
+
+@pytest.mark.parametrize('depthwise', ['shift', 'conv'])
+def test_remat_branch_keeps_values_and_gradients(depthwise):
+    """model.remat_branch recomputes the sampled op in the backward pass: the same loss, gradients (weights and
+    edge weights) and BN statistics, with less temporary memory (the switch no longer returns every
+    branch's residuals)."""
+    prims = ('skip_connect', 'sep_conv_3x3', 'avg_pool_3x3')
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 4))
+    w = jax.nn.one_hot(1, len(prims))
+    variables = MixedOp(4, 1, prims, depthwise).init(jax.random.key(0), x, w, False, True)
+
+    def loss(params, w, op):
+        out, upd = op.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, w, True, True,
+                            mutable=['batch_stats'])
+        return jnp.sum(out ** 2), upd
+
+    results, temps = [], []
+    for remat in (False, True):
+        op = MixedOp(4, 1, prims, depthwise, remat_branch=remat)
+        grad = jax.jit(jax.value_and_grad(lambda p, w_: loss(p, w_, op), argnums=(0, 1), has_aux=True))
+        compiled = grad.lower(variables['params'], w).compile()
+        results.append(jax.device_get(compiled(variables['params'], w)))
+        temps.append(compiled.memory_analysis().temp_size_in_bytes)
+    for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(np.abs(results[0][1][1]).max()) > 0  # the edge weight gets a gradient
+    assert temps[1] < temps[0], temps

@@ -1,0 +1,85 @@
+"""Where a compiled search step spends its time: a jax.profiler trace of a few steps, XLA's leaf
+ops summed by kind (copy, dynamic-slice fusion, convolution, ...).
+
+    python bench/profile_step.py --shape smoke --path hard --depthwise shift [--variant remat_branch]
+
+Times are summed over the runtime's threads (independent ops run in parallel), so the shares say
+where the work goes, not the wall time. This is how the single path's zero-filled branch residuals
+were found (copies and dynamic-slice fusions ~75% on the CPU; `model.remat_branch`).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from bench import _common as C  # noqa: E402
+
+CONTAINERS = ('$', 'Thunk', 'Pjit', 'Common', 'cond', 'while', 'end: ')  # python frames, ops holding ops, end markers
+
+
+def op_kinds(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
+    """Microseconds and counts per op kind (the HLO name without its numeric suffix)."""
+    path = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True))[-1]
+    events = json.load(gzip.open(path))
+    events = events['traceEvents'] if isinstance(events, dict) else events
+    us, n = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get('ph') == 'X' and not e['name'].startswith(CONTAINERS):
+            kind = re.sub(r'[._]\d+$', '', e['name'])
+            us[kind] += e.get('dur', 0)
+            n[kind] += 1
+    return us, n
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--shape', default='smoke')
+    p.add_argument('--path', default='hard')
+    p.add_argument('--variant', default='fp32')
+    p.add_argument('--depthwise', default='auto')
+    p.add_argument('--steps', type=int, default=5)
+    p.add_argument('--top', type=int, default=15)
+    args = p.parse_args()
+    spec, bs, size = C.shape_spec(args.shape)
+    depthwise = C.depthwise_for(args.shape, args.depthwise)
+    _, wtx, atx, state = C.make_state(spec, size)
+    b, key = C.batch(bs, size), jax.random.key(1)
+    comp = C.compile_step(C.search_step(spec, C.step_config(args.path, args.variant, depthwise), wtx, atx, 'weight'),
+                          state, b, key)
+    for _ in range(2):
+        state, m = comp.fn(state, b, key)
+    jax.block_until_ready(m)
+    trace_dir = tempfile.mkdtemp(prefix='profile_step_')
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, m = comp.fn(state, b, key)
+    jax.block_until_ready(m)
+    wall = time.perf_counter() - t0
+    jax.profiler.stop_trace()
+    us, n = op_kinds(trace_dir)
+    total = sum(us.values())
+    out = [f'### Step profile ({time.strftime("%Y-%m-%d %H:%M")})', '',
+           C.machine() + f'; shape {args.shape}, {args.path} path, {args.variant}, depthwise {depthwise}; '
+           f'{args.steps} steps, {bs * args.steps / wall:.1f} img/s while profiled; op time summed over threads: '
+           f'{total / 1e3 / args.steps:.1f} ms/step', '',
+           '| op kind | ms/step | share | per step |', '|---|---|---|---|']
+    out += [f'| {k} | {d / 1e3 / args.steps:.2f} | {100 * d / total:.1f}% | {n[k] // args.steps} |'
+            for k, d in us.most_common(args.top)]
+    C.report(out, None)
+
+
+if __name__ == '__main__':
+    main()
