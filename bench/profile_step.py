@@ -5,7 +5,7 @@ ops summed by kind (copy, dynamic-slice fusion, convolution, ...).
 
 Times are summed over the runtime's threads (independent ops run in parallel), so the shares say
 where the work goes, not the wall time. This is how the single path's zero-filled branch residuals
-were found (copies and dynamic-slice fusions ~75% on the CPU; `model.remat_branch`).
+were found (copies and dynamic-slice fusions ~72% on the CPU; `model.remat_branch`).
 """
 from __future__ import annotations
 
