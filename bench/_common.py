@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asose_jax import ops
 from asose_jax.network import init_search_variables
 from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
 from asose_jax.spec import NetworkSpec
@@ -62,9 +61,8 @@ VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch')  # remat: per cell; remat_b
 
 def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv') -> SearchStepConfig:
     """path: soft (full mixture, soft Gumbel) | hard (single path, lax.switch) | hardmix (hard ST, mixture);
-    pointwise: the 1x1 convs as nn.Conv ('conv') or matmuls ('dot', model.pointwise_impl)."""
-    if pointwise not in ops.POINTWISE_IMPLS:
-        raise SystemExit(f'unknown pointwise impl {pointwise!r}; allowed: {ops.POINTWISE_IMPLS}')
+    pointwise: the 1x1 convs as nn.Conv ('conv') or matmuls ('dot', model.pointwise_impl; make_search_steps
+    checks it)."""
     if path not in ('soft', 'hard', 'hardmix'):
         raise SystemExit(f'unknown path {path!r}; allowed: soft, hard, hardmix')
     if variant not in VARIANTS:
@@ -90,16 +88,23 @@ def batch(batch_size: int, size: int, seed: int = 0) -> dict:
 @dataclasses.dataclass
 class Compiled:
     fn: object
-    compile_s: float
+    compile_s: float  # trace + lower + XLA
     temp_mb: float
     total_mb: float
+    trace_s: float    # Python tracing to a jaxpr
+    lower_s: float    # jaxpr to StableHLO
+    xla_s: float      # XLA compile, or a load from the persistent cache
 
 
 def compile_step(jitted, *args) -> Compiled:
-    """AOT lower + compile, timed; memory from compiled.memory_analysis() (None on some backends)."""
+    """AOT trace + lower + compile, each timed; memory from compiled.memory_analysis() (None on some backends)."""
     t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
+    traced = jitted.trace(*args)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    t3 = time.perf_counter()
     temp = total = float('nan')
     mem = compiled.memory_analysis()
     if mem is not None:
@@ -107,7 +112,7 @@ def compile_step(jitted, *args) -> Compiled:
         temp = mem.temp_size_in_bytes * mb
         total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                  - mem.alias_size_in_bytes) * mb
-    return Compiled(compiled, compile_s, temp, total)
+    return Compiled(compiled, t3 - t0, temp, total, t1 - t0, t2 - t1, t3 - t2)
 
 
 def search_step(spec, cfg, wtx, atx, which: str):
