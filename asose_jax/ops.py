@@ -50,7 +50,11 @@ def _pointwise_as_dot(next_fun, args, kwargs, context):
     kernel = m.param('kernel', m.kernel_init, (1, 1, x.shape[-1], m.features), m.param_dtype)
     x, kernel = promote_dtype(x, kernel, dtype=m.dtype)
     sh, sw = (m.strides, m.strides) if isinstance(m.strides, int) else (m.strides or (1, 1))
-    return jnp.einsum('nhwc,co->nhwo', x[:, ::sh, ::sw, :], kernel[0, 0], precision=m.precision)
+    x = x[:, ::sh, ::sw, :]
+    # A 2-D matmul, not an einsum over NHWC: XLA's CPU backend runs the einsum's kernel gradient
+    # ('nhwc,nhwo->co') ~2.5x slower than the flattened one.
+    y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=m.precision)
+    return y.reshape(x.shape[:-1] + (m.features,))
 
 
 def pointwise(impl: str):
@@ -63,13 +67,22 @@ def pointwise(impl: str):
     return nn.intercept_methods(_pointwise_as_dot) if impl == 'dot' else contextlib.nullcontext()
 
 
+def _shift_out_size(size, k, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _depthwise_shift(x, kernel, stride, padding, dilation):
-    """Depthwise conv as a sum of k*k strided slices times per-channel taps."""
+    """Depthwise conv as a sum of k*k strided slices times per-channel taps.
+
+    The custom VJP keeps only (x, kernel) for the backward pass. Autodiff alone makes XLA's CPU
+    backend materialise all k*k shifted windows for the kernel gradient: 3-7x the temporary memory
+    of the grouped conv, which ran the DARTS-shape step out of memory (bench/RESULTS.md)."""
     k = kernel.shape[0]
     n, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    h_out = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    w_out = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    h_out = _shift_out_size(h, k, stride, padding, dilation)
+    w_out = _shift_out_size(w, k, stride, padding, dilation)
     out = None
     for i in range(k):
         for j in range(k):
@@ -80,6 +93,44 @@ def _depthwise_shift(x, kernel, stride, padding, dilation):
             term = patch * kernel[i, j, 0]
             out = term if out is None else out + term
     return out
+
+
+def _depthwise_shift_fwd(x, kernel, stride, padding, dilation):
+    return _depthwise_shift(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _depthwise_shift_bwd(stride, padding, dilation, residuals, g):
+    x, kernel = residuals
+    k = kernel.shape[0]
+    n, h, w, c = x.shape
+    h_out, w_out = g.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def tap_grad(t):  # one tap per lax.map iteration, so only one shifted window is live at a time
+        window = jax.lax.dynamic_slice(
+            xp, (0, (t // k) * dilation, (t % k) * dilation, 0),
+            (n, (h_out - 1) * stride + 1, (w_out - 1) * stride + 1, c))[:, ::stride, ::stride]
+        return jnp.sum(window * g, axis=(0, 1, 2), dtype=jnp.float32)
+
+    d_kernel = jax.lax.map(tap_grad, jnp.arange(k * k)).reshape(k, k, 1, c).astype(kernel.dtype)
+    # The input gradient is again k*k shifted multiply-adds, over g dilated by the stride and padded
+    # so that every tap's window lies inside it.
+    reach = (k - 1) * dilation
+    gp = jax.lax.pad(g, jnp.zeros((), g.dtype), (
+        (0, 0, 0),
+        (reach, h + 2 * padding - (h_out - 1) * stride - 1, stride - 1),
+        (reach, w + 2 * padding - (w_out - 1) * stride - 1, stride - 1),
+        (0, 0, 0)))
+    d_x = None
+    for i in range(k):
+        for j in range(k):
+            top, left = padding + reach - i * dilation, padding + reach - j * dilation
+            term = jax.lax.slice(gp, (0, top, left, 0), (n, top + h, left + w, c)) * kernel[i, j, 0]
+            d_x = term if d_x is None else d_x + term
+    return d_x.astype(x.dtype), d_kernel
+
+
+_depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 
 
 class DepthwiseConv(nn.Module):

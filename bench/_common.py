@@ -33,15 +33,13 @@ def shape_spec(name: str) -> tuple[NetworkSpec, int, int]:
     return NetworkSpec.darts(C=C, layers=layers), batch, size
 
 
-def depthwise_for(shape: str, choice: str) -> str:
-    """Resolves --depthwise 'auto': the shifted multiply-adds on CPU below the DARTS search shape (faster
-    there), XLA's grouped conv otherwise. The shift form's gradient keeps the shifted copies: ~6x the
-    temporary memory of the conv for a 5x5 op (`bench/bench_op_memory.py`), 32.5 GB for the DARTS-shape
-    weight step. (On a 2-core CPU the DARTS shape is impractical either way: with 'conv' two timed
-    weight steps did not finish in 15 minutes.)"""
+def depthwise_for(choice: str) -> str:
+    """Resolves --depthwise 'auto': the shifted multiply-adds on the CPU (faster there than XLA's grouped
+    conv; with its custom VJP it needs about the conv's memory, `bench/bench_op_memory.py`), the grouped
+    conv elsewhere."""
     if choice != 'auto':
         return choice
-    return 'shift' if jax.default_backend() == 'cpu' and shape != 'darts' else 'conv'
+    return 'shift' if jax.default_backend() == 'cpu' else 'conv'
 
 
 def machine() -> str:

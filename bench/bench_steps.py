@@ -84,7 +84,7 @@ def bench_case(shape, which, path, variant, args):
     spec, batch_size, size = C.shape_spec(shape)
     variables, wtx, atx, state = C.make_state(spec, size)
     variables = jax.device_get(variables)  # host copy: the JAX steps donate (delete) the state's buffers
-    depthwise = C.depthwise_for(shape, args.depthwise)
+    depthwise = C.depthwise_for(args.depthwise)
     cfg = C.step_config(path, variant, depthwise, args.pointwise)
     jitted = C.search_step(spec, cfg, wtx, atx, which)
     b, key = C.batch(batch_size, size), jax.random.key(1)

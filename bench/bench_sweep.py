@@ -46,7 +46,7 @@ def main():
     p.add_argument('--out', default='')
     args = p.parse_args()
     spec, bs, size = C.shape_spec(args.shape)
-    args.depthwise = C.depthwise_for(args.shape, args.depthwise)
+    args.depthwise = C.depthwise_for(args.depthwise)
     cfg = C.step_config('hardmix', 'fp32', args.depthwise, args.pointwise)
     _, wtx, atx, state = C.make_state(spec, size)
     b, key = C.batch(bs, size), jax.random.key(1)

@@ -49,14 +49,15 @@ def main():
     p.add_argument('--path', default='hard')
     p.add_argument('--variant', default='fp32')
     p.add_argument('--depthwise', default='auto')
+    p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' or 'dot' (model.pointwise_impl)")
     p.add_argument('--steps', type=int, default=5)
     p.add_argument('--top', type=int, default=15)
     args = p.parse_args()
     spec, bs, size = C.shape_spec(args.shape)
-    depthwise = C.depthwise_for(args.shape, args.depthwise)
+    depthwise = C.depthwise_for(args.depthwise)
     _, wtx, atx, state = C.make_state(spec, size)
     b, key = C.batch(bs, size), jax.random.key(1)
-    comp = C.compile_step(C.search_step(spec, C.step_config(args.path, args.variant, depthwise), wtx, atx, 'weight'),
+    comp = C.compile_step(C.search_step(spec, C.step_config(args.path, args.variant, depthwise, args.pointwise), wtx, atx, 'weight'),
                           state, b, key)
     for _ in range(2):
         state, m = comp.fn(state, b, key)
@@ -72,7 +73,7 @@ def main():
     us, n = op_kinds(trace_dir)
     total = sum(us.values())
     out = [f'### Step profile ({time.strftime("%Y-%m-%d %H:%M")})', '',
-           C.machine() + f'; shape {args.shape}, {args.path} path, {args.variant}, depthwise {depthwise}; '
+           C.machine() + f'; shape {args.shape}, {args.path} path, {args.variant}, depthwise {depthwise}, pointwise {args.pointwise}; '
            f'{args.steps} steps, {bs * args.steps / wall:.1f} img/s while profiled; op time summed over threads: '
            f'{total / 1e3 / args.steps:.1f} ms/step', '',
            '| op kind | ms/step | share | per step |', '|---|---|---|---|']

@@ -62,13 +62,33 @@ def test_batchnorm_matches_torch_conventions():
 
 
 @pytest.mark.parametrize('k, stride, pad, dil', [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 1, 4, 2)])
-def test_depthwise_shift_equals_grouped_conv(k, stride, pad, dil):
-    x = jax.random.normal(jax.random.key(3), (2, 8, 8, 4))
+@pytest.mark.parametrize('size', [8, 7])
+def test_depthwise_shift_equals_grouped_conv(k, stride, pad, dil, size):
+    """Outputs and both gradients (the shift form's custom VJP) match XLA's grouped conv, odd sizes too."""
+    x = jax.random.normal(jax.random.key(3), (2, size, size, 4))
     conv = DepthwiseConv(k, stride, pad, dil, impl='conv')
     variables = conv.init(jax.random.key(0), x)
-    a = conv.apply(variables, x)
-    b = DepthwiseConv(k, stride, pad, dil, impl='shift').apply(variables, x)
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    shift = DepthwiseConv(k, stride, pad, dil, impl='shift')
+    np.testing.assert_allclose(np.asarray(conv.apply(variables, x)), np.asarray(shift.apply(variables, x)), atol=1e-5)
+
+    def grads(module):
+        return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(variables, x)
+
+    (dv_conv, dx_conv), (dv_shift, dx_shift) = grads(conv), grads(shift)
+    np.testing.assert_allclose(np.asarray(dx_conv), np.asarray(dx_shift), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dv_conv['params']['kernel']), np.asarray(dv_shift['params']['kernel']),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_shift_backward_keeps_no_shifted_copies():
+    """The shift form's gradient holds a few activations of temporary memory, not one per tap (a 5x5
+    kernel has 25; plain autodiff kept them all, which ran the DARTS-shape step out of memory)."""
+    x = jnp.zeros((8, 16, 16, 8))
+    module = DepthwiseConv(5, 1, 2, 1, impl='shift')
+    variables = module.init(jax.random.key(0), x)
+    grad = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1)))
+    temp = grad.lower(variables, x).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 6 * x.nbytes, (temp, x.nbytes)
 
 
 @pytest.mark.parametrize('primitive, stride, n_1x1', [('sep_conv_3x3', 1, 2), ('dil_conv_5x5', 2, 1),
