@@ -3,8 +3,8 @@
 BatchNorm matches PyTorch's BatchNorm2d(momentum=0.1) as Flax momentum=0.9, eps=1e-5 and the
 two-pass variance. Depthwise convolutions have two interchangeable implementations with the same
 parameters: XLA's grouped convolution ('conv') and k*k shifted multiply-adds ('shift'), which XLA
-fuses into one loop and which is much faster on CPU. 1x1 convolutions are nn.Conv, or matmuls over
-channels under `pointwise('dot')` (same parameters).
+fuses into one loop and which is much faster on CPU (a custom VJP keeps its backward as lean).
+1x1 convolutions are nn.Conv, or matmuls over channels under `pointwise('dot')` (same parameters).
 """
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ def _pointwise_as_dot(next_fun, args, kwargs, context):
 def pointwise(impl: str):
     """Context for `model.apply`: 'conv' keeps nn.Conv for 1x1 convolutions, 'dot' computes them as
     matmuls. Why: under vmap (the sweep) a conv whose kernel is batched lowers to a grouped
-    convolution, a matmul to a batched matmul (N=8 sweep on an H100: 1.40x the images/s). Off by
-    default: unoptimised CPU compiles (the tests) take ~20% longer with it."""
+    convolution, a matmul to a batched matmul (N=8 sweep on an H100: 1.40x the images/s); and XLA's
+    CPU kernel gradient of a 1x1 conv is slow (the CPU DARTS-shape weight step: 3.1x the images/s).
+    Off by default: unoptimised CPU compiles (the tests) take ~20% longer with it."""
     if impl not in POINTWISE_IMPLS:
         raise ValueError(f'pointwise impl {impl!r}; allowed: {POINTWISE_IMPLS}')
     return nn.intercept_methods(_pointwise_as_dot) if impl == 'dot' else contextlib.nullcontext()
