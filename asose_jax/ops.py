@@ -51,8 +51,8 @@ def _pointwise_as_dot(next_fun, args, kwargs, context):
     x, kernel = promote_dtype(x, kernel, dtype=m.dtype)
     sh, sw = (m.strides, m.strides) if isinstance(m.strides, int) else (m.strides or (1, 1))
     x = x[:, ::sh, ::sw, :]
-    # A 2-D matmul, not an einsum over NHWC: XLA's CPU backend runs the einsum's kernel gradient
-    # ('nhwc,nhwo->co') ~2.5x slower than the flattened one.
+    # A 2-D matmul, not an einsum over NHWC: on XLA's CPU backend the einsum's gradient (its kernel
+    # gradient 'nhwc,nhwo->co' above all) ran ~2.5x slower than the flattened one's.
     y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=m.precision)
     return y.reshape(x.shape[:-1] + (m.features,))
 
@@ -77,8 +77,8 @@ def _depthwise_shift(x, kernel, stride, padding, dilation):
     """Depthwise conv as a sum of k*k strided slices times per-channel taps.
 
     The custom VJP keeps only (x, kernel) for the backward pass. Autodiff alone makes XLA's CPU
-    backend materialise all k*k shifted windows for the kernel gradient: 3-7x the temporary memory
-    of the grouped conv, which ran the DARTS-shape step out of memory (bench/RESULTS.md)."""
+    backend materialise all k*k shifted windows for the kernel gradient: 2.6-6.3x the temporary
+    memory of the grouped conv, which ran the DARTS-shape step out of memory (bench/RESULTS.md)."""
     k = kernel.shape[0]
     n, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))

@@ -57,8 +57,8 @@ def main():
     depthwise = C.depthwise_for(args.depthwise)
     _, wtx, atx, state = C.make_state(spec, size)
     b, key = C.batch(bs, size), jax.random.key(1)
-    comp = C.compile_step(C.search_step(spec, C.step_config(args.path, args.variant, depthwise, args.pointwise), wtx, atx, 'weight'),
-                          state, b, key)
+    cfg = C.step_config(args.path, args.variant, depthwise, args.pointwise)
+    comp = C.compile_step(C.search_step(spec, cfg, wtx, atx, 'weight'), state, b, key)
     for _ in range(2):
         state, m = comp.fn(state, b, key)
     jax.block_until_ready(m)
@@ -73,7 +73,8 @@ def main():
     us, n = op_kinds(trace_dir)
     total = sum(us.values())
     out = [f'### Step profile ({time.strftime("%Y-%m-%d %H:%M")})', '',
-           C.machine() + f'; shape {args.shape}, {args.path} path, {args.variant}, depthwise {depthwise}, pointwise {args.pointwise}; '
+           C.machine() + f'; shape {args.shape}, {args.path} path, {args.variant}, depthwise {depthwise}, '
+           f'pointwise {args.pointwise}; '
            f'{args.steps} steps, {bs * args.steps / wall:.1f} img/s while profiled; op time summed over threads: '
            f'{total / 1e3 / args.steps:.1f} ms/step', '',
            '| op kind | ms/step | share | per step |', '|---|---|---|---|']
