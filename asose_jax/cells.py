@@ -121,9 +121,10 @@ class _NodeEdge(nn.Module):
         return nodes.at[dst].add(op(nodes[src], w, self.train, self.single_path)), None
 
 
-def _scan(module_cls, length: int, in_axes):
+def _scan(module_cls, length: int, in_axes, unroll: bool):
     return nn.scan(module_cls, variable_axes={'params': 0, 'batch_stats': 0},
-                   split_rngs={'params': True, 'dropout': True}, in_axes=in_axes, length=length)
+                   split_rngs={'params': True, 'dropout': True}, in_axes=in_axes, length=length,
+                   unroll=length if unroll else 1)
 
 
 class SearchCell(nn.Module):
@@ -132,6 +133,10 @@ class SearchCell(nn.Module):
     The 14 edges are evaluated by two `nn.scan`s (input edges, then node-to-node edges), so the
     compiled program holds two mixed-op bodies per cell instead of fourteen: compile time on CPU
     drops several-fold. Edge params are stacked in the order of `input_edges` / `node_edges`.
+    `unroll_edges` unrolls both scans (same params): a loop writes every edge's residuals into stacked
+    buffers, copies them and accumulates the inputs' gradient one edge at a time, which unrolled code
+    does not (CPU, DARTS-shape mixture: 1.69x the images/s for 3.5x the compile time; the single path
+    runs slower unrolled, 0.61x at the smoke shape; bench/RESULTS.md).
     """
 
     C: int
@@ -144,6 +149,7 @@ class SearchCell(nn.Module):
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
     remat_branch: bool = False
+    unroll_edges: bool = False
 
     @nn.compact
     def __call__(self, s0, s1, weights, train: bool, single_path: bool = False):
@@ -151,14 +157,14 @@ class SearchCell(nn.Module):
         inputs = jnp.stack([pre0(s0, train), pre1(s1, train)])
         prims = tuple(self.primitives)
         in_idx, in_src, in_dst = map(jnp.array, zip(*input_edges(self.steps)))
-        in_scan = _scan(_InputEdge, len(in_idx), (nn.broadcast, 0, 0))(
+        in_scan = _scan(_InputEdge, len(in_idx), (nn.broadcast, 0, 0), self.unroll_edges)(
             self.C, 2 if self.reduction else 1, prims, self.depthwise_impl, train, single_path,
             tuple(self.gated), self.drop_path_rate, self.remat_branch, name='input_edges')
         _, outs = in_scan(None, inputs, weights[in_idx], in_src)
         nodes = jax.ops.segment_sum(outs, in_dst, num_segments=self.steps, indices_are_sorted=True)
         if self.steps > 1:
             nd_idx, nd_src, nd_dst = map(jnp.array, zip(*node_edges(self.steps)))
-            nd_scan = _scan(_NodeEdge, len(nd_idx), (0, 0, 0))(
+            nd_scan = _scan(_NodeEdge, len(nd_idx), (0, 0, 0), self.unroll_edges)(
                 self.C, prims, self.depthwise_impl, train, single_path, tuple(self.gated), self.drop_path_rate,
                 self.remat_branch, name='node_edges')
             nodes, _ = nd_scan(nodes, weights[nd_idx], nd_src, nd_dst)

@@ -39,7 +39,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
                                              # 3.1x; the unoptimised CPU test compiles are slower)
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
                    remat=False,              # recompute cell activations in the backward pass
-                   remat_branch=False)       # single path: recompute the sampled op (CPU smoke: 1.18x, 0.30x memory)
+                   remat_branch=False,       # single path: recompute the sampled op (CPU smoke: 1.18x, 0.30x memory)
+                   unroll_edges=False)       # unroll the cells' edge scans (CPU mixture: 1.34-1.69x; single path 0.61x)
     c.search = dict(
         batch_size=64,
         warmup_epochs=10,
@@ -191,6 +192,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(m.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype', m.compute_dtype, str(COMPUTE_DTYPES))
     _check(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
     _check(isinstance(m.remat_branch, bool), 'model.remat_branch', m.remat_branch, 'True or False')
+    _check(isinstance(m.unroll_edges, bool), 'model.unroll_edges', m.unroll_edges, 'True or False')
     _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
            'True (shard the batch over all local devices) or False')
     _check(isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1, 'sweep.seeds', c.sweep.seeds, 'an integer >= 1')
@@ -286,7 +288,7 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
         unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl,
         pointwise_impl=c.model.pointwise_impl, compute_dtype=c.model.compute_dtype, remat=c.model.remat,
-        remat_branch=c.model.remat_branch)
+        remat_branch=c.model.remat_branch, unroll_edges=c.model.unroll_edges)
 
 
 def weight_opt_config(c: ml_collections.ConfigDict) -> WeightOptConfig:

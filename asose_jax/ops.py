@@ -3,7 +3,8 @@
 BatchNorm matches PyTorch's BatchNorm2d(momentum=0.1) as Flax momentum=0.9, eps=1e-5 and the
 two-pass variance. Depthwise convolutions have two interchangeable implementations with the same
 parameters: XLA's grouped convolution ('conv') and k*k shifted multiply-adds ('shift'), which XLA
-fuses into one loop and which is much faster on CPU (a custom VJP keeps its backward as lean).
+fuses into one loop and which is much faster on CPU (a custom VJP keeps its backward as lean);
+the 3x3 pools follow the same choice (reduce-window, or shifted slices with a lean max-pool VJP).
 1x1 convolutions are nn.Conv, or matmuls over channels under `pointwise('dot')` (same parameters).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.linen.dtypes import promote_dtype
 
 DEPTHWISE_IMPLS = ('conv', 'shift')
@@ -79,21 +81,50 @@ def _depthwise_shift(x, kernel, stride, padding, dilation):
     The custom VJP keeps only (x, kernel) for the backward pass. Autodiff alone makes XLA's CPU
     backend materialise all k*k shifted windows for the kernel gradient: 2.6-6.3x the temporary
     memory of the grouped conv, which ran the DARTS-shape step out of memory (bench/RESULTS.md)."""
-    k = kernel.shape[0]
-    n, h, w, c = x.shape
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    h_out = _shift_out_size(h, k, stride, padding, dilation)
-    w_out = _shift_out_size(w, k, stride, padding, dilation)
+    return _shifted_sum(_pad_hw(x, padding, 0), kernel, stride, dilation)
+
+
+def _pad_hw(x, padding, fill):
+    return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=fill)
+
+
+def _shifted_sum(xp, kernel, stride, dilation):
     out = None
+    for i, j, patch in _windows(xp, kernel.shape[0], stride, dilation):
+        term = patch * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+def _windows(xp, k, stride, dilation):
+    """(i, j, window) for the k*k taps of padded `xp`: window[o] is what tap (i, j) of output o reads."""
+    n, hp, wp, c = xp.shape
+    h_out = _shift_out_size(hp, k, stride, 0, dilation)
+    w_out = _shift_out_size(wp, k, stride, 0, dilation)
     for i in range(k):
         for j in range(k):
-            patch = jax.lax.slice(
+            yield i, j, jax.lax.slice(
                 xp, (0, i * dilation, j * dilation, 0),
                 (n, i * dilation + (h_out - 1) * stride + 1, j * dilation + (w_out - 1) * stride + 1, c),
                 (1, stride, stride, 1))
-            term = patch * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
+
+
+def _input_windows(g, in_hw, k, stride, padding, dilation, fill):
+    """The transpose of `_windows`: (i, j, window) with window[q] the value of output-sized `g` at the
+    position whose tap (i, j) reads input position q (`fill` where none does). An input gradient is then
+    k*k shifted multiply-adds again: g dilated by the stride and padded so that every window lies inside."""
+    n, h_out, w_out, c = g.shape
+    h, w = in_hw
+    reach = (k - 1) * dilation
+    gp = jax.lax.pad(g, jnp.asarray(fill, g.dtype), (
+        (0, 0, 0),
+        (reach, h + 2 * padding - (h_out - 1) * stride - 1, stride - 1),
+        (reach, w + 2 * padding - (w_out - 1) * stride - 1, stride - 1),
+        (0, 0, 0)))
+    for i in range(k):
+        for j in range(k):
+            top, left = padding + reach - i * dilation, padding + reach - j * dilation
+            yield i, j, jax.lax.slice(gp, (0, top, left, 0), (n, top + h, left + w, c))
 
 
 def _depthwise_shift_fwd(x, kernel, stride, padding, dilation):
@@ -105,7 +136,7 @@ def _depthwise_shift_bwd(stride, padding, dilation, residuals, g):
     k = kernel.shape[0]
     n, h, w, c = x.shape
     h_out, w_out = g.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    xp = _pad_hw(x, padding, 0)
 
     def tap_grad(t):  # one tap per lax.map iteration, so only one shifted window is live at a time
         window = jax.lax.dynamic_slice(
@@ -114,24 +145,61 @@ def _depthwise_shift_bwd(stride, padding, dilation, residuals, g):
         return jnp.sum(window * g, axis=(0, 1, 2), dtype=jnp.float32)
 
     d_kernel = jax.lax.map(tap_grad, jnp.arange(k * k)).reshape(k, k, 1, c).astype(kernel.dtype)
-    # The input gradient is again k*k shifted multiply-adds, over g dilated by the stride and padded
-    # so that every tap's window lies inside it.
-    reach = (k - 1) * dilation
-    gp = jax.lax.pad(g, jnp.zeros((), g.dtype), (
-        (0, 0, 0),
-        (reach, h + 2 * padding - (h_out - 1) * stride - 1, stride - 1),
-        (reach, w + 2 * padding - (w_out - 1) * stride - 1, stride - 1),
-        (0, 0, 0)))
     d_x = None
-    for i in range(k):
-        for j in range(k):
-            top, left = padding + reach - i * dilation, padding + reach - j * dilation
-            term = jax.lax.slice(gp, (0, top, left, 0), (n, top + h, left + w, c)) * kernel[i, j, 0]
-            d_x = term if d_x is None else d_x + term
+    for i, j, window in _input_windows(g, (h, w), k, stride, padding, dilation, 0):
+        term = window * kernel[i, j, 0]
+        d_x = term if d_x is None else d_x + term
     return d_x.astype(x.dtype), d_kernel
 
 
 _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
+
+
+def _max_pool_taps(x, stride):
+    """3x3 max pool (padding 1) and, per output, the first tap in row-major order holding the max (torch's
+    CPU kernel picks the same; a NaN wins, so it propagates)."""
+    best = idx = None
+    for i, j, window in _windows(_pad_hw(x, 1, -jnp.inf), 3, stride, 1):
+        if best is None:
+            best, idx = window, jnp.zeros(window.shape, jnp.int8)
+            continue
+        better = (window > best) | jnp.isnan(window)
+        best, idx = jnp.where(better, window, best), jnp.where(better, jnp.int8(3 * i + j), idx)
+    return best, idx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_shift(x, stride, h, w):
+    """Max pool as shifted maxima. The VJP keeps only the int8 tap index and routes each output's gradient
+    to its tap through shifted selects: no select-and-scatter, no saved input. (h, w): the input size."""
+    return _max_pool_taps(x, stride)[0]
+
+
+def _max_pool_shift_fwd(x, stride, h, w):
+    out, idx = _max_pool_taps(x, stride)
+    return out, idx
+
+
+def _max_pool_shift_bwd(stride, h, w, idx, g):
+    d_x = None
+    taps = _input_windows(idx, (h, w), 3, stride, 1, 1, -1)
+    for (i, j, tap), (_, _, window) in zip(taps, _input_windows(g, (h, w), 3, stride, 1, 1, 0)):
+        term = jnp.where(tap == 3 * i + j, window, 0)
+        d_x = term if d_x is None else d_x + term
+    return (d_x,)
+
+
+_max_pool_shift.defvjp(_max_pool_shift_fwd, _max_pool_shift_bwd)
+
+
+def _avg_pool_shift(x, stride):
+    """3x3 average pool (padding 1, count_include_pad=False) as a shift depthwise conv with a constant
+    kernel of ones (its dead kernel gradient is dropped by XLA), divided by the static window counts."""
+    h, w = x.shape[1:3]
+    counts = [np.array([sum(0 <= o * stride + t - 1 < size for t in range(3))
+                        for o in range(_shift_out_size(size, 3, stride, 1, 1))], np.float32) for size in (h, w)]
+    kernel = jnp.ones((3, 3, 1, x.shape[-1]), x.dtype)
+    return _depthwise_shift(x, kernel, stride, 1, 1) / np.outer(*counts)[None, :, :, None].astype(x.dtype)
 
 
 class DepthwiseConv(nn.Module):
@@ -246,17 +314,23 @@ class FactorizedReduce(nn.Module):
 class Pool(nn.Module):
     """3x3 max or average pool, padding 1; average excludes the padding (count_include_pad=False).
 
-    with_bn: the search cells follow pools with a non-affine BN (DARTS MixedOp).
+    with_bn: the search cells follow pools with a non-affine BN (DARTS MixedOp). impl: XLA's
+    reduce-window ('conv', as the depthwise form's name) or shifted slices ('shift', faster on CPU).
     """
 
     kind: str
     stride: int = 1
     with_bn: bool = False
+    impl: str = 'conv'
 
     @nn.compact
     def __call__(self, x, train: bool):
-        pool = nn.max_pool if self.kind == 'max' else functools.partial(nn.avg_pool, count_include_pad=False)
-        x = pool(x, (3, 3), strides=(self.stride, self.stride), padding=((1, 1), (1, 1)))
+        if self.impl == 'shift':
+            x = (_max_pool_shift(x, self.stride, *x.shape[1:3]) if self.kind == 'max'
+                 else _avg_pool_shift(x, self.stride))
+        else:
+            pool = nn.max_pool if self.kind == 'max' else functools.partial(nn.avg_pool, count_include_pad=False)
+            x = pool(x, (3, 3), strides=(self.stride, self.stride), padding=((1, 1), (1, 1)))
         if self.with_bn:
             x = batch_norm(train, affine=False, name='bn')(x)
         return x
@@ -269,9 +343,9 @@ def make_op(primitive: str, C: int, stride: int, affine: bool, *, search: bool =
     if primitive == 'none':
         return Zero(stride, name=name)
     if primitive == 'max_pool_3x3':
-        return Pool('max', stride, with_bn=search, name=name)
+        return Pool('max', stride, with_bn=search, impl=depthwise_impl, name=name)
     if primitive == 'avg_pool_3x3':
-        return Pool('avg', stride, with_bn=search, name=name)
+        return Pool('avg', stride, with_bn=search, impl=depthwise_impl, name=name)
     if primitive == 'skip_connect':
         return Identity(name=name) if stride == 1 else FactorizedReduce(C, affine, name=name)
     if primitive == 'sep_conv_3x3':

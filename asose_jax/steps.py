@@ -49,6 +49,7 @@ class SearchStepConfig:
     compute_dtype: str = 'float32'  # 'bfloat16': params, edge weights, activations cast inside the step
     remat: bool = False             # nn.remat per cell
     remat_branch: bool = False      # single path: nn.remat per switch branch (cells.MixedOp)
+    unroll_edges: bool = False      # unroll the cells' edge scans (cells.SearchCell)
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -108,7 +109,8 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         raise ValueError(f'compute_dtype {cfg.compute_dtype!r}; allowed: {COMPUTE_DTYPES}')
     if cfg.pointwise_impl not in POINTWISE_IMPLS:
         raise ValueError(f'pointwise_impl {cfg.pointwise_impl!r}; allowed: {POINTWISE_IMPLS}')
-    network = SearchNetwork(spec, cfg.depthwise_impl, remat=cfg.remat, remat_branch=cfg.remat_branch)
+    network = SearchNetwork(spec, cfg.depthwise_impl, remat=cfg.remat, remat_branch=cfg.remat_branch,
+                            unroll_edges=cfg.unroll_edges)
 
     def apply(*args, **kwargs):
         with pointwise(cfg.pointwise_impl):

@@ -54,7 +54,8 @@ def machine() -> str:
             f'({dev.device_kind}, {jax.device_count()} device(s))')
 
 
-VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch')  # remat: per cell; remat_branch: per single-path op
+# remat: per cell; remat_branch: per single-path op; unroll: the cells' edge scans unrolled
+VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch', 'unroll')
 
 
 def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv') -> SearchStepConfig:
@@ -68,7 +69,7 @@ def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv'
     return SearchStepConfig(sampling='gumbel', hard=path != 'soft', single_path=path == 'hard', tau_max=5.0,
                             tau_min=1.0, tau_steps=1000, depthwise_impl=depthwise, pointwise_impl=pointwise,
                             compute_dtype='bfloat16' if variant == 'bf16' else 'float32', remat=variant == 'remat',
-                            remat_branch=variant == 'remat_branch')
+                            remat_branch=variant == 'remat_branch', unroll_edges=variant == 'unroll')
 
 
 def make_state(spec: NetworkSpec, size: int, seed: int = 0):

@@ -1,11 +1,12 @@
 """Where a compiled search step spends its time: a jax.profiler trace of a few steps, XLA's leaf
 ops summed by kind (copy, dynamic-slice fusion, convolution, ...).
 
-    python bench/profile_step.py --shape smoke --path hard --depthwise shift [--variant remat_branch]
+    python bench/profile_step.py --shape smoke --path hard --depthwise shift [--variant remat_branch] [--by-source]
 
 Times are summed over the runtime's threads (independent ops run in parallel), so the shares say
 where the work goes, not the wall time. This is how the single path's zero-filled branch residuals
-were found (copies and dynamic-slice fusions ~72% on the CPU; `model.remat_branch`).
+were found (copies and dynamic-slice fusions ~72% on the CPU; `model.remat_branch`), and, with
+--by-source, the edge scans' residual copies and whole-array gradient updates (`model.unroll_edges`).
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from bench import _common as C  # noqa: E402
 CONTAINERS = ('$', 'Thunk', 'Pjit', 'Common', 'cond', 'while', 'end: ')  # python frames, ops holding ops, end markers
 
 
-def op_kinds(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
-    """Microseconds and counts per op kind (the HLO name without its numeric suffix)."""
+def op_kinds(trace_dir: str, sources: dict | None = None) -> tuple[collections.Counter, collections.Counter]:
+    """Microseconds and counts per op kind (the HLO name without its numeric suffix), or, given
+    `sources` (instruction name -> source op, `op_sources`), per (kind, source op)."""
     path = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True))[-1]
     events = json.load(gzip.open(path))
     events = events['traceEvents'] if isinstance(events, dict) else events
@@ -38,9 +40,21 @@ def op_kinds(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
     for e in events:
         if e.get('ph') == 'X' and not e['name'].startswith(CONTAINERS):
             kind = re.sub(r'[._]\d+$', '', e['name'])
+            if sources is not None:
+                kind = f"{kind} <- {sources.get(e['name'], '?')}"
             us[kind] += e.get('dur', 0)
             n[kind] += 1
     return us, n
+
+
+def op_sources(hlo_text: str) -> dict:
+    """Instruction name -> the JAX op it came from: forward or backward ('T', a transpose) and the last
+    three parts of its op_name metadata (e.g. 'T sep_conv_5x5/op1/dw/...'), from compiled HLO text."""
+    out = {}
+    for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"', hlo_text, re.M):
+        name = m.group(2)
+        out[m.group(1)] = ('T ' if 'transpose(' in name else 'F ') + '/'.join(name.split('/')[-3:])
+    return out
 
 
 def main():
@@ -52,6 +66,8 @@ def main():
     p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' or 'dot' (model.pointwise_impl)")
     p.add_argument('--steps', type=int, default=5)
     p.add_argument('--top', type=int, default=15)
+    p.add_argument('--by-source', action='store_true',
+                   help='split each op kind by the JAX op it came from (HLO op_name metadata)')
     args = p.parse_args()
     spec, bs, size = C.shape_spec(args.shape)
     depthwise = C.depthwise_for(args.depthwise)
@@ -70,7 +86,7 @@ def main():
     jax.block_until_ready(m)
     wall = time.perf_counter() - t0
     jax.profiler.stop_trace()
-    us, n = op_kinds(trace_dir)
+    us, n = op_kinds(trace_dir, op_sources(comp.fn.as_text()) if args.by_source else None)
     total = sum(us.values())
     out = [f'### Step profile ({time.strftime("%Y-%m-%d %H:%M")})', '',
            C.machine() + f'; shape {args.shape}, {args.path} path, {args.variant}, depthwise {depthwise}, '

@@ -138,12 +138,13 @@ def test_nan_retries_exhausted_names_phase_and_steps(tmp_path, monkeypatch):
 
 
 def test_execution_forms_do_not_block_a_resume():
-    """Depthwise/pointwise form and remat compute the same parameters: changing them (or a checkpoint
+    """Depthwise/pointwise form, remat and unrolled edges compute the same parameters: changing them (or a checkpoint
     written before a field existed) resumes; a shape field does not."""
     saved = checkpoint.config_dict(ckpt_tiny_config.get_config())
-    del saved['model']['remat_branch'], saved['model']['pointwise_impl']
+    del saved['model']['remat_branch'], saved['model']['pointwise_impl'], saved['model']['unroll_edges']
     c = ckpt_tiny_config.get_config()
     c.model.depthwise_impl, c.model.pointwise_impl, c.model.remat_branch = 'shift', 'dot', True
+    c.model.unroll_edges = True
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == []
     c.model.C = 8
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == ['model.C']

@@ -1,9 +1,11 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax.cells import MixedOp
+from asose_jax.cells import MixedOp, SearchCell
 from asose_jax.genotype import Genotype
 from asose_jax.network import (FixedNetwork, SearchNetwork, count_params, init_search_variables,
                                uniform_edge_weights)
@@ -86,3 +88,31 @@ def test_remat_branch_keeps_values_and_gradients(depthwise):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert float(np.abs(results[0][1][1]).max()) > 0  # the edge weight gets a gradient
     assert temps[1] < temps[0], temps
+
+
+@pytest.mark.parametrize('single_path', [False, True])
+def test_unroll_edges_keeps_values_and_gradients(tiny_spec, single_path):
+    """model.unroll_edges unrolls a cell's edge scans over the same parameters: the same output, BN
+    statistics and gradients (weights and edge weights), and no loop is left in the program."""
+    s0, s1 = (jax.random.normal(jax.random.key(i), (2, 8, 8, 4)) for i in (0, 1))
+    w = (jax.nn.one_hot(jax.random.randint(jax.random.key(2), (14,), 0, 8), 8) if single_path
+         else jax.nn.softmax(jax.random.normal(jax.random.key(2), (14, 8))))
+    cell = functools.partial(SearchCell, 4, True, False, tiny_spec.primitives)
+    variables = cell().init(jax.random.key(3), s0, s1, w, True)
+
+    def loss(params, w, model):
+        out, upd = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, s0, s1, w, True,
+                               single_path, mutable=['batch_stats'])
+        return jnp.sum(jnp.sin(out)), (out, upd)
+
+    results, loops = [], []
+    for unroll in (False, True):
+        grad = jax.jit(jax.value_and_grad(lambda p, w_, m=cell(unroll_edges=unroll): loss(p, w_, m),
+                                          argnums=(0, 1), has_aux=True))
+        lowered = grad.lower(variables['params'], w)
+        loops.append(lowered.as_text().count('stablehlo.while'))
+        results.append(jax.device_get(lowered.compile()(variables['params'], w)))
+    assert loops[0] > 0 and loops[1] == 0, loops
+    for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert float(np.abs(results[0][1][1]).max()) > 0  # the edge weights get a gradient
