@@ -124,7 +124,7 @@ class _NodeEdge(nn.Module):
 def _scan(module_cls, length: int, in_axes, unroll: bool):
     return nn.scan(module_cls, variable_axes={'params': 0, 'batch_stats': 0},
                    split_rngs={'params': True, 'dropout': True}, in_axes=in_axes, length=length,
-                   unroll=length if unroll else 1)
+                   unroll=max(length, 2) if unroll else 1)  # lax.scan keeps a loop for length 1, unroll 1
 
 
 class SearchCell(nn.Module):
