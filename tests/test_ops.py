@@ -104,7 +104,7 @@ def test_shift_pools_equal_reduce_window(kind, stride, size):
         outs.append((y, vjp(jnp.cos(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape))[0]))
     np.testing.assert_allclose(np.asarray(outs[0][0]), np.asarray(outs[1][0]), atol=1e-6)
     np.testing.assert_allclose(np.asarray(outs[0][1]), np.asarray(outs[1][1]), atol=1e-6)
-    assert float(jnp.abs(outs[1][1]).min()) >= 0 and float(jnp.abs(outs[1][1]).max()) > 0
+    assert float(jnp.abs(outs[1][1]).max()) > 0  # a gradient reaches the input
     if kind == 'max':
         y = Pool(kind, stride, impl='shift').apply({}, x.at[0, 3, 3, 0].set(jnp.nan), False)
         assert bool(jnp.isnan(y[0, 3 // stride, 3 // stride, 0]))
