@@ -89,11 +89,8 @@ def _pad_hw(x, padding, fill):
 
 
 def _shifted_sum(xp, kernel, stride, dilation):
-    out = None
-    for i, j, patch in _windows(xp, kernel.shape[0], stride, dilation):
-        term = patch * kernel[i, j, 0]
-        out = term if out is None else out + term
-    return out
+    windows = _windows(xp, kernel.shape[0], stride, dilation)
+    return functools.reduce(jnp.add, (patch * kernel[i, j, 0] for i, j, patch in windows))
 
 
 def _windows(xp, k, stride, dilation):
@@ -145,10 +142,8 @@ def _depthwise_shift_bwd(stride, padding, dilation, residuals, g):
         return jnp.sum(window * g, axis=(0, 1, 2), dtype=jnp.float32)
 
     d_kernel = jax.lax.map(tap_grad, jnp.arange(k * k)).reshape(k, k, 1, c).astype(kernel.dtype)
-    d_x = None
-    for i, j, window in _input_windows(g, (h, w), k, stride, padding, dilation, 0):
-        term = window * kernel[i, j, 0]
-        d_x = term if d_x is None else d_x + term
+    windows = _input_windows(g, (h, w), k, stride, padding, dilation, 0)
+    d_x = functools.reduce(jnp.add, (window * kernel[i, j, 0] for i, j, window in windows))
     return d_x.astype(x.dtype), d_kernel
 
 
@@ -176,17 +171,14 @@ def _max_pool_shift(x, stride, h, w):
 
 
 def _max_pool_shift_fwd(x, stride, h, w):
-    out, idx = _max_pool_taps(x, stride)
-    return out, idx
+    return _max_pool_taps(x, stride)  # (output, residual: the int8 tap index)
 
 
 def _max_pool_shift_bwd(stride, h, w, idx, g):
-    d_x = None
     taps = _input_windows(idx, (h, w), 3, stride, 1, 1, -1)
-    for (i, j, tap), (_, _, window) in zip(taps, _input_windows(g, (h, w), 3, stride, 1, 1, 0)):
-        term = jnp.where(tap == 3 * i + j, window, 0)
-        d_x = term if d_x is None else d_x + term
-    return (d_x,)
+    windows = _input_windows(g, (h, w), 3, stride, 1, 1, 0)
+    terms = (jnp.where(tap == 3 * i + j, window, 0) for (i, j, tap), (_, _, window) in zip(taps, windows))
+    return (functools.reduce(jnp.add, terms),)
 
 
 _max_pool_shift.defvjp(_max_pool_shift_fwd, _max_pool_shift_bwd)
@@ -325,6 +317,8 @@ class Pool(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
+        if self.impl not in DEPTHWISE_IMPLS:
+            raise ValueError(f'pool impl {self.impl!r}; allowed: {DEPTHWISE_IMPLS}')
         if self.impl == 'shift':
             x = (_max_pool_shift(x, self.stride, *x.shape[1:3]) if self.kind == 'max'
                  else _avg_pool_shift(x, self.stride))

@@ -119,6 +119,11 @@ def test_shift_max_pool_backward_keeps_a_tap_index():
     assert 'select_and_scatter' not in str(jax.make_jaxpr(grad)(x))
 
 
+def test_pool_rejects_an_unknown_impl():
+    with pytest.raises(ValueError, match="pool impl 'fft'"):
+        Pool('max', 1, impl='fft').apply({}, jnp.zeros((1, 4, 4, 2)), False)
+
+
 @pytest.mark.parametrize('primitive, stride, n_1x1', [('sep_conv_3x3', 1, 2), ('dil_conv_5x5', 2, 1),
                                                       ('skip_connect', 2, 2)])
 def test_pointwise_dot_equals_conv(primitive, stride, n_1x1):
