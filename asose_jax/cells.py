@@ -52,7 +52,8 @@ class MixedOp(nn.Module):
                     branch(self, x)
             elif self.remat_branch:
                 # the switch's linearization returns every branch's residuals (zero-filled when not
-                # taken); rematerialised, a branch keeps only its input (CPU smoke, 'shift': 1.18x, 0.30x memory)
+                # taken); rematerialised, a branch keeps only its input (CPU, 'shift', weight step: 1.34x
+                # at the smoke shape, ~2x at the DARTS shape, a quarter of the memory; bench/RESULTS.md)
                 branches = [nn.remat(branch) for branch in branches]
             idx = jnp.argmax(w)
             out = nn.switch(idx, branches, self, x) * w[idx]
@@ -83,7 +84,11 @@ def node_edges(steps: int) -> tuple[tuple[int, int, int], ...]:
 
 
 class _InputEdge(nn.Module):
-    """One edge reading a cell input; scanned over the 2*steps input edges (params stacked)."""
+    """One edge reading a cell input; scanned over the 2*steps input edges (params stacked).
+
+    Under single-path remat_branch the edge's read of the cell inputs is rematerialised with its op, so
+    the scan's residual is the loop-invariant stack of the two inputs, not a copy of one per edge
+    (the remat'd branch's input, returned by the switch): DARTS shape, 0.74x the temporary memory."""
 
     C: int
     stride: int
@@ -99,7 +104,13 @@ class _InputEdge(nn.Module):
     def __call__(self, carry, inputs, w, src):
         op = MixedOp(self.C, self.stride, self.primitives, self.depthwise_impl, self.gated, self.drop_path_rate,
                      self.remat_branch, name='mixed')
-        return carry, op(inputs[src], w, self.train, self.single_path)
+
+        def run(mdl, inputs, w, src):
+            return mdl(inputs[src], w, self.train, self.single_path)
+
+        if self.single_path and self.remat_branch and not self.is_initializing():
+            run = nn.remat(run)
+        return carry, run(op, inputs, w, src)
 
 
 class _NodeEdge(nn.Module):

@@ -5,7 +5,8 @@ fast-path ratios (hard single path vs mixture, bf16 vs fp32, remat memory/time).
     python bench/bench_steps.py --shapes smoke,darts --steps weight,arch --paths soft,hard \
         --variants fp32,bf16,remat --iters 5 --rounds 3 [--no-torch] [--out bench/RESULTS.md]
 
-Variants other than fp32 run for the weight step only (they change the weight step the most).
+Variants other than fp32 run for the weight step only (they change the weight step the most), unless
+--variant-steps names more (e.g. `--variant-steps weight,arch` for the single path's remat_branch).
 JAX steps include augmentation (crop/flip) and the Gumbel draw; the torch step takes a
 pre-normalised float batch and draws its Gumbel noise with F.gumbel_softmax.
 """
@@ -161,7 +162,8 @@ def main():
     p.add_argument('--paths', default='soft,hard')
     p.add_argument('--variants', default='fp32,bf16,remat',
                    help='fp32 (always run, unless --skip-fp32) covers every --steps x --paths case; '
-                   'bf16 and remat the weight step only')
+                   'the others for the --variant-steps only')
+    p.add_argument('--variant-steps', default='weight', help='the steps the non-fp32 variants run for')
     p.add_argument('--skip-fp32', action='store_true', help='only the --variants other than fp32 (e.g. remat '
                    'where the fp32 step does not fit in memory)')
     p.add_argument('--iters', type=int, default=5)
@@ -181,8 +183,8 @@ def main():
     split = lambda s: [x for x in s.split(',') if x]  # noqa: E731
     cases = [(s, st, pa, 'fp32') for s in split(args.shapes) for st in split(args.steps) for pa in split(args.paths)
              if not args.skip_fp32]
-    cases += [(s, 'weight', pa, v) for s in split(args.shapes) for pa in split(args.paths)
-              for v in split(args.variants) if v != 'fp32']
+    cases += [(s, st, pa, v) for s in split(args.shapes) for st in split(args.variant_steps)
+              for pa in split(args.paths) for v in split(args.variants) if v != 'fp32']
     rows = [bench_case(*c, args) for c in cases]
     text = tables(rows, args)
     print(text)

@@ -16,6 +16,7 @@ import torch
 from asose_jax import growth
 from asose_jax.genotype import PRIMITIVES
 from asose_jax.network import init_search_variables
+from asose_jax.ops import Pool
 from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
 from asose_jax.spec import NetworkSpec
 from parity import compare, convert, torch_steps
@@ -68,12 +69,11 @@ def full_spec():
 
 @pytest.fixture(scope='module')
 def spec():
-    """Normal and reduction cells of 2 nodes (5 edges), every primitive but max_pool_3x3: the compiled
-    tests' network. Max pool's backward breaks exact ties differently in XLA and torch (one tied input
-    gets the gradient; which one differs), and ReLU -> 1x1 conv -> BN at C=4 makes exact ties (pixels
-    whose channels are all negative share one value): with it, hard-Gumbel trajectories part after 4
-    iterations (5e-2 after 20), from one step's gradients 2% apart at an identical state. Its forward
-    is compared in test_grown_network_same_logits."""
+    """Normal and reduction cells of 2 nodes (5 edges), every primitive but max_pool_3x3: the trajectory
+    tests' network. With max pool, hard-Gumbel trajectories stay within 1e-7 for 4 iterations, then jump
+    to 3e-4 in one weight step (5e-2 after 20): a window's maximum changes input where two candidates lie
+    within the sides' ~1e-7 drift. Exact ties route alike (first maximum) in XLA, the shift form and
+    torch; test_first_step_with_max_pool compares the first step with it."""
     return NetworkSpec.darts(C=4, layers=3, steps=2, multiplier=2,
                              primitives=tuple(p for p in PRIMITIVES if p != 'max_pool_3x3'))
 
@@ -132,6 +132,41 @@ def test_first_step_logits_loss_grads(spec, variables, grad_fn, hard):
     assert d['weight grads / |g|'] <= GRAD_REL_TOL, f"weight grads differ by {d['weight grads / |g|']:.3e} |g|"
     assert d['arch grads / |g|'] <= GRAD_REL_TOL, f"arch grads differ by {d['arch grads / |g|']:.3e} |g|"
     assert d['arch grads (abs)'] > 0 or d['arch grads / |g|'] == 0  # sanity: the comparison ran
+
+
+@pytest.fixture(scope='module')
+def max_pool_case():
+    """Every primitive, max_pool_3x3 included, in the `shift` form (depthwise convs and both pools, with
+    their custom VJPs): the CPU recipe's program against the torch twin. (The tied windows a C=4 network
+    makes sit behind a ReLU that zeroes their gradient either way, so this does not check the tie rule;
+    test_ops.test_shift_pools_equal_reduce_window does.)"""
+    spec = NetworkSpec.darts(C=4, layers=3, steps=2, multiplier=2, primitives=tuple(PRIMITIVES))
+    return spec, random_variables(spec, 0), compare.make_jax_grad_fn(spec, single_path=False, depthwise_impl='shift')
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('impl', ['conv', 'shift'])
+def test_max_pool_ties_route_like_torch(impl, stride):
+    """A window with several equal maxima sends its gradient to one of them; XLA's select-and-scatter, the
+    shift form and torch's CPU kernel all pick the first in row-major order. Integers 0-2 tie everywhere."""
+    x = np.random.default_rng(stride).integers(0, 3, (2, 7, 7, 4)).astype(np.float32)
+    out, vjp = jax.vjp(lambda a: Pool('max', stride, impl=impl).apply({}, a, False), x)
+    g = np.random.default_rng(5).standard_normal(out.shape).astype(np.float32)
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+    yt = torch.nn.functional.max_pool2d(xt, 3, stride, 1)
+    yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(out), yt.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(np.asarray(vjp(g)[0]), xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize('hard', [False, True], ids=['soft', 'hard'])
+def test_first_step_with_max_pool(max_pool_case, hard):
+    spec, variables, grad_fn = max_pool_case
+    assert 'max_pool_3x3' in spec.primitives
+    x, y = batches(1, 1)[0]
+    d = compare.first_step(spec, variables, x, y, jax.random.key(2), 2.0, settings(hard), grad_fn)
+    assert d['logits (train)'] <= LOGITS_TOL and d['loss'] <= LOSS_TOL, d
+    assert d['weight grads / |g|'] <= GRAD_REL_TOL and d['arch grads / |g|'] <= GRAD_REL_TOL, d
 
 
 @pytest.mark.parametrize('hard', [False, True], ids=['soft', 'hard'])
