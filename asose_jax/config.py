@@ -38,8 +38,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
                    pointwise_impl='conv',    # 'dot': 1x1 convs as matmuls (N=8 GPU sweep 1.40x, CPU DARTS shape
                                              # 3.1x; the unoptimised CPU test compiles are slower)
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
-                   remat=False,              # recompute cell activations in the backward pass
-                   remat_branch=False,       # single path: recompute the sampled op (CPU smoke: 1.18x, 0.30x memory)
+                   remat=False,              # recompute cell activations in the backward pass (CPU smoke: 0.87x)
+                   remat_branch=False,       # single path: recompute the sampled op (CPU DARTS shape: 1.89x)
                    unroll_edges=False)       # unroll the cells' edge scans (CPU mixture: 1.34-1.69x; single path 0.61x)
     c.search = dict(
         batch_size=64,
