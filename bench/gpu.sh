@@ -4,6 +4,8 @@
 # On an H200 each step compiles in 20-40 s, so all of it needs ~30 minutes; a 15-minute lease fits
 # one section: SECTIONS=steps|sweep|search (default all three). Each section has its own time limit
 # (LIMIT seconds, default 600); NS picks the sweep sizes, POINTWISE=dot the matmul 1x1 convs for an A/B.
+# SHAPES, PATHS, VARIANTS and VARIANT_STEPS narrow the steps section, e.g. the single path's remat_branch
+# (not yet measured on a GPU): SECTIONS=steps SHAPES=darts PATHS=hard VARIANTS=remat_branch VARIANT_STEPS=weight,arch
 # Results: $OUT/gpu_results.md (+ raw JSON), else bench/out/.
 # The torch column is the twin on the same GPU when torch.cuda is available (else NO_TORCH=1).
 set -uo pipefail
@@ -22,8 +24,9 @@ python3 -c "import torch, parity.torch_network" 2>/dev/null || TORCH=--no-torch
 echo "# GPU benchmarks $(date -u +%F)" > "$RES"
 t0=$SECONDS
 if [[ $SECTIONS == *steps* ]]; then
-  timeout "$LIMIT" python3 bench/bench_steps.py --shapes smoke,darts --steps weight,arch --paths soft,hard \
-    --variants bf16,remat --iters ${ITERS:-20} --rounds 3 --warmup 3 $TORCH --out "$RES" --json "$OUTDIR/steps.json" \
+  timeout "$LIMIT" python3 bench/bench_steps.py --shapes ${SHAPES:-smoke,darts} --steps weight,arch \
+    --paths ${PATHS:-soft,hard} --variants ${VARIANTS:-bf16,remat} --variant-steps ${VARIANT_STEPS:-weight} \
+    --iters ${ITERS:-20} --rounds 3 --warmup 3 $TORCH --out "$RES" --json "$OUTDIR/steps.json" \
     2>&1 | tee "$OUTDIR/steps.log" | grep -v '^{' ; echo "steps: $((SECONDS-t0)) s"
 fi
 if [[ $SECTIONS == *sweep* ]]; then
