@@ -53,7 +53,7 @@ class MixedOp(nn.Module):
             elif self.remat_branch:
                 # the switch's linearization returns every branch's residuals (zero-filled when not
                 # taken); rematerialised, a branch keeps only its input (CPU, 'shift', weight step: 1.34x
-                # at the smoke shape, ~2x at the DARTS shape, a quarter of the memory; bench/RESULTS.md)
+                # at the smoke shape, 1.89x at the DARTS shape, 0.19-0.25x the memory; bench/RESULTS.md)
                 branches = [nn.remat(branch) for branch in branches]
             idx = jnp.argmax(w)
             out = nn.switch(idx, branches, self, x) * w[idx]

@@ -134,16 +134,6 @@ def test_first_step_logits_loss_grads(spec, variables, grad_fn, hard):
     assert d['arch grads (abs)'] > 0 or d['arch grads / |g|'] == 0  # sanity: the comparison ran
 
 
-@pytest.fixture(scope='module')
-def max_pool_case():
-    """Every primitive, max_pool_3x3 included, in the `shift` form (depthwise convs and both pools, with
-    their custom VJPs): the CPU recipe's program against the torch twin. (The tied windows a C=4 network
-    makes sit behind a ReLU that zeroes their gradient either way, so this does not check the tie rule;
-    test_ops.test_shift_pools_equal_reduce_window does.)"""
-    spec = NetworkSpec.darts(C=4, layers=3, steps=2, multiplier=2, primitives=tuple(PRIMITIVES))
-    return spec, random_variables(spec, 0), compare.make_jax_grad_fn(spec, single_path=False, depthwise_impl='shift')
-
-
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('impl', ['conv', 'shift'])
 def test_max_pool_ties_route_like_torch(impl, stride):
@@ -157,6 +147,16 @@ def test_max_pool_ties_route_like_torch(impl, stride):
     yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
     np.testing.assert_array_equal(np.asarray(out), yt.detach().permute(0, 2, 3, 1).numpy())
     np.testing.assert_allclose(np.asarray(vjp(g)[0]), xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def max_pool_case():
+    """Every primitive, max_pool_3x3 included, in the `shift` form (depthwise convs and both pools, with
+    their custom VJPs): the CPU recipe's program against the torch twin. (The tied windows a C=4 network
+    makes sit behind a ReLU that zeroes their gradient either way, so this does not check the tie rule;
+    test_max_pool_ties_route_like_torch does.)"""
+    spec = NetworkSpec.darts(C=4, layers=3, steps=2, multiplier=2, primitives=tuple(PRIMITIVES))
+    return spec, random_variables(spec, 0), compare.make_jax_grad_fn(spec, single_path=False, depthwise_impl='shift')
 
 
 @pytest.mark.parametrize('hard', [False, True], ids=['soft', 'hard'])
