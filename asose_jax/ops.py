@@ -153,11 +153,10 @@ _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 def _max_pool_taps(x, stride):
     """3x3 max pool (padding 1) and, per output, the first tap in row-major order holding the max (torch's
     CPU kernel picks the same; a NaN wins, so it propagates)."""
-    best = idx = None
-    for i, j, window in _windows(_pad_hw(x, 1, -jnp.inf), 3, stride, 1):
-        if best is None:
-            best, idx = window, jnp.zeros(window.shape, jnp.int8)
-            continue
+    windows = _windows(_pad_hw(x, 1, -jnp.inf), 3, stride, 1)
+    _, _, best = next(windows)  # tap (0, 0)
+    idx = jnp.zeros(best.shape, jnp.int8)
+    for i, j, window in windows:
         better = (window > best) | jnp.isnan(window)
         best, idx = jnp.where(better, window, best), jnp.where(better, jnp.int8(3 * i + j), idx)
     return best, idx

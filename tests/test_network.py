@@ -62,6 +62,13 @@ def test_fixed_network_with_auxiliary_head():
     assert aux_eval is None and logits_eval.shape == (2, 10)
 
 
+def _assert_same_results(a, b, rtol, atol):
+    """Two ((loss, aux), (weight grads, edge-weight grads)) results agree, and the edge weights get a gradient."""
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    assert float(np.abs(a[1][1]).max()) > 0  # the edge weights get a gradient
+
+
 @pytest.mark.parametrize('depthwise', ['shift', 'conv'])
 def test_remat_branch_keeps_values_and_gradients(depthwise):
     """model.remat_branch recomputes the sampled op in the backward pass: the same loss, gradients (weights and
@@ -84,9 +91,7 @@ def test_remat_branch_keeps_values_and_gradients(depthwise):
         compiled = grad.lower(variables['params'], w).compile()
         results.append(jax.device_get(compiled(variables['params'], w)))
         temps.append(compiled.memory_analysis().temp_size_in_bytes)
-    for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert float(np.abs(results[0][1][1]).max()) > 0  # the edge weight gets a gradient
+    _assert_same_results(results[0], results[1], rtol=1e-5, atol=1e-6)
     assert temps[1] < temps[0], temps
 
 
@@ -110,12 +115,6 @@ def _cell_gradients(model, inputs, w, variables, single_path):
 
     lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)).lower(variables['params'], w)
     return lowered.as_text(), jax.device_get(lowered.compile()(variables['params'], w))
-
-
-def _assert_same_results(a, b, rtol, atol):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
-    assert float(np.abs(a[1][1]).max()) > 0  # the edge weights get a gradient
 
 
 @pytest.mark.parametrize('single_path', [False, True])
