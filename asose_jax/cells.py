@@ -17,7 +17,8 @@ class MixedOp(nn.Module):
     single_path=True evaluates only op argmax(w) (GDAS-style) through `nn.switch` and scales it by
     w[argmax]: with straight-through one-hot weights the value is op(x) and the gradient reaches
     the logits. Under vmap the switch becomes a select that evaluates every branch.
-    `remat_branch` recomputes the sampled op in the backward pass instead of storing residuals.
+    `remat_branch` recomputes the ops (all of them in the mixture, the sampled one on the single path) in the
+    backward pass instead of storing their activations.
     Ops in `gated` (added by growth) are scaled by a learnable scalar that starts at zero, so a new
     branch starts without changing the edge's output. `drop_path_rate` drops the edge's output
     per sample in train mode (needs a 'dropout' rng).
@@ -29,7 +30,7 @@ class MixedOp(nn.Module):
     depthwise_impl: str = 'conv'
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
-    remat_branch: bool = False  # single path: recompute the sampled op in the backward pass
+    remat_branch: bool = False  # recompute each op in the backward pass
 
     def setup(self):
         self.ops = [make_op(p, self.C, self.stride, affine=False, search=True,
@@ -43,20 +44,21 @@ class MixedOp(nn.Module):
 
     def __call__(self, x, w, train: bool, single_path: bool = False):
         # .astype: keep a bf16 compute dtype (DARTS' avg pool divides by fp32 counts)
+        ops = [lambda mdl, x, k=k: mdl._op(k, x, train) for k in range(len(self.ops))]
+        if self.remat_branch and not self.is_initializing():
+            # a rematerialised op keeps only its input for the backward pass. Otherwise the mixture keeps
+            # every op's activations, and the switch's linearization returns every branch's residuals,
+            # zero-filled when not taken (CPU, 'shift', DARTS-shape weight step: mixture 1.64x, single path
+            # 1.89x, at 0.07x and 0.19x the memory; bench/RESULTS.md)
+            ops = [nn.remat(op) for op in ops]
         if not single_path:
-            out = sum(w[k] * self._op(k, x, train) for k in range(len(self.ops)))
+            out = sum(w[k] * op(self, x) for k, op in enumerate(ops))
         else:
-            branches = [lambda mdl, x, k=k: mdl._op(k, x, train) for k in range(len(self.ops))]
             if self.is_initializing():
-                for branch in branches:  # create every op's variables
-                    branch(self, x)
-            elif self.remat_branch:
-                # the switch's linearization returns every branch's residuals (zero-filled when not
-                # taken); rematerialised, a branch keeps only its input (CPU, 'shift', weight step: 1.34x
-                # at the smoke shape, 1.89x at the DARTS shape, 0.19-0.25x the memory; bench/RESULTS.md)
-                branches = [nn.remat(branch) for branch in branches]
+                for op in ops:  # create every op's variables
+                    op(self, x)
             idx = jnp.argmax(w)
-            out = nn.switch(idx, branches, self, x) * w[idx]
+            out = nn.switch(idx, ops, self, x) * w[idx]
         return drop_path(self, out, self.drop_path_rate, train)
 
 
@@ -86,9 +88,9 @@ def node_edges(steps: int) -> tuple[tuple[int, int, int], ...]:
 class _InputEdge(nn.Module):
     """One edge reading a cell input; scanned over the 2*steps input edges (params stacked).
 
-    Under single-path remat_branch the edge's read of the cell inputs is rematerialised with its op, so
-    the scan's residual is the loop-invariant stack of the two inputs, not a copy of one per edge
-    (the remat'd branch's input, returned by the switch): DARTS shape, 0.74x the temporary memory."""
+    Under remat_branch the edge's read of the cell inputs is rematerialised with its op, so the scan's
+    residual is the loop-invariant stack of the two inputs, not a copy of one per edge (the rematerialised
+    ops' input): DARTS-shape single-path weight step, 0.74x the temporary memory."""
 
     C: int
     stride: int
@@ -108,7 +110,7 @@ class _InputEdge(nn.Module):
         def run(mdl, inputs, w, src):
             return mdl(inputs[src], w, self.train, self.single_path)
 
-        if self.single_path and self.remat_branch and not self.is_initializing():
+        if self.remat_branch and not self.is_initializing():
             run = nn.remat(run)
         return carry, run(op, inputs, w, src)
 

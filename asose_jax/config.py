@@ -39,7 +39,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
                                              # 3.1x; the unoptimised CPU test compiles are slower)
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
                    remat=False,              # recompute cell activations in the backward pass (CPU smoke: 0.87x)
-                   remat_branch=False,       # single path: recompute the sampled op (CPU DARTS shape: 1.89x)
+                   remat_branch=False,       # recompute each op in the backward pass (CPU DARTS: 1.64-1.89x)
                    unroll_edges=False)       # unroll the cells' edge scans (CPU mixture: 1.34-1.69x; single path 0.61x)
     c.search = dict(
         batch_size=64,

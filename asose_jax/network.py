@@ -47,7 +47,7 @@ class SearchNetwork(nn.Module):
     spec: NetworkSpec
     depthwise_impl: str = 'conv'
     remat: bool = False  # recompute each cell's activations in the backward pass (memory for time)
-    remat_branch: bool = False  # single path: recompute the sampled op in the backward pass (cells.MixedOp)
+    remat_branch: bool = False  # recompute each candidate op in the backward pass (cells.MixedOp)
     unroll_edges: bool = False  # unroll each cell's edge scans (cells.SearchCell)
 
     @nn.compact

@@ -48,7 +48,7 @@ class SearchStepConfig:
     pointwise_impl: str = 'conv'    # 'dot': 1x1 convs as matmuls (ops.pointwise; faster vmapped sweeps on GPU)
     compute_dtype: str = 'float32'  # 'bfloat16': params, edge weights, activations cast inside the step
     remat: bool = False             # nn.remat per cell
-    remat_branch: bool = False      # single path: nn.remat per switch branch (cells.MixedOp)
+    remat_branch: bool = False      # nn.remat per candidate op (cells.MixedOp)
     unroll_edges: bool = False      # unroll the cells' edge scans (cells.SearchCell)
 
 

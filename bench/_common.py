@@ -54,7 +54,7 @@ def machine() -> str:
             f'({dev.device_kind}, {jax.device_count()} device(s))')
 
 
-# remat: per cell; remat_branch: per single-path op; unroll: the cells' edge scans unrolled
+# remat: per cell; remat_branch: per candidate op; unroll: the cells' edge scans unrolled
 VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch', 'unroll')
 
 

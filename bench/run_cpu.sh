@@ -3,22 +3,23 @@
 # shapes, fast paths, compile-time settings, vmap sweeps. Appends to bench/RESULTS.md.
 # ITERS/ROUNDS set the timed work per case; SHAPES/TORCH_FLAGS (e.g. --channels-last or --no-torch) too.
 # SHAPES defaults to smoke. DARTS=1 adds the DARTS-shape steps in the CPU recipe (`shift`, matmul 1x1s): the
-# mixture weight step (edge scans vs unrolled) and the single path's weight and arch steps (plain vs
-# remat_branch): ~25 minutes and ~21 GB on a 2-core/24 GB machine.
+# mixture weight step (edge scans vs unrolled) and both paths' weight and arch steps (plain vs
+# remat_branch): ~35 minutes and ~21 GB on a 2-core/24 GB machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 ITERS=${ITERS:-5}; ROUNDS=${ROUNDS:-3}; SHAPES=${SHAPES:-smoke}; RES=${RES:-bench/RESULTS.md}
 python bench/bench_steps.py --shapes "$SHAPES" --steps weight,arch --paths soft,hard --variants remat,unroll \
   --iters "$ITERS" --rounds "$ROUNDS" ${TORCH_FLAGS:-} --out "$RES"
-python bench/bench_steps.py --shapes "$SHAPES" --steps weight,arch --paths hard --variants remat_branch \
+python bench/bench_steps.py --shapes "$SHAPES" --steps weight,arch --paths soft,hard --variants remat_branch \
   --variant-steps weight,arch --iters "$ITERS" --rounds "$ROUNDS" ${TORCH_FLAGS:-} --out "$RES"
 if [ "${DARTS:-0}" = 1 ]; then
   python bench/bench_steps.py --shapes darts --steps weight --paths soft --variants unroll --depthwise shift \
     --pointwise dot --iters 2 --rounds 2 --warmup 1 ${TORCH_FLAGS:-} --out "$RES"
-  python bench/bench_steps.py --shapes darts --steps weight,arch --paths hard --variants remat_branch \
+  python bench/bench_steps.py --shapes darts --steps weight,arch --paths soft,hard --variants remat_branch \
     --variant-steps weight,arch --depthwise shift --pointwise dot --iters 3 --rounds 3 --warmup 1 ${TORCH_FLAGS:-} \
     --out "$RES"
 fi
 python bench/bench_compile.py --shape smoke --path hard --iters "$ITERS" --out "$RES"
+python bench/bench_scan_update.py --out "$RES"
 python bench/bench_sweep.py --shape smoke --ns 1,2,4,8 --iters "$ITERS" --out "$RES"

@@ -69,18 +69,20 @@ def _assert_same_results(a, b, rtol, atol):
     assert float(np.abs(a[1][1]).max()) > 0  # the edge weights get a gradient
 
 
+@pytest.mark.parametrize('single_path', [False, True])
 @pytest.mark.parametrize('depthwise', ['shift', 'conv'])
-def test_remat_branch_keeps_values_and_gradients(depthwise):
-    """model.remat_branch recomputes the sampled op in the backward pass: the same loss, gradients (weights and
-    edge weights) and BN statistics, with less temporary memory (the switch no longer returns every
-    branch's residuals)."""
+def test_remat_branch_keeps_values_and_gradients(depthwise, single_path):
+    """model.remat_branch recomputes the ops (the mixture's every op, the single path's sampled one) in the
+    backward pass: the same loss, gradients (weights and edge weights) and BN statistics. The single path
+    takes less temporary memory (the switch no longer returns every branch's residuals); a lone mixed op
+    does not (~1.1x here), its saving is in the cells' edge scans (the cell test below)."""
     prims = ('skip_connect', 'sep_conv_3x3', 'avg_pool_3x3')
     x = jax.random.normal(jax.random.key(3), (4, 8, 8, 4))
-    w = jax.nn.one_hot(1, len(prims))
-    variables = MixedOp(4, 1, prims, depthwise).init(jax.random.key(0), x, w, False, True)
+    w = jax.nn.one_hot(1, len(prims)) if single_path else jax.nn.softmax(jnp.array([0.3, -0.2, 0.5]))
+    variables = MixedOp(4, 1, prims, depthwise).init(jax.random.key(0), x, w, False, single_path)
 
     def loss(params, w, op):
-        out, upd = op.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, w, True, True,
+        out, upd = op.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, w, True, single_path,
                             mutable=['batch_stats'])
         return jnp.sum(out ** 2), upd
 
@@ -92,7 +94,7 @@ def test_remat_branch_keeps_values_and_gradients(depthwise):
         results.append(jax.device_get(compiled(variables['params'], w)))
         temps.append(compiled.memory_analysis().temp_size_in_bytes)
     _assert_same_results(results[0], results[1], rtol=1e-5, atol=1e-6)
-    assert temps[1] < temps[0], temps
+    assert temps[1] < temps[0] or not single_path, temps
 
 
 def _two_node_reduction_cell(single_path):
@@ -107,14 +109,17 @@ def _two_node_reduction_cell(single_path):
 
 
 def _cell_gradients(model, inputs, w, variables, single_path):
-    """(StableHLO text, ((loss, (output, BN update)), (weight grads, edge-weight grads))) of a train-mode cell."""
+    """(StableHLO text, temporary bytes, ((loss, (output, BN update)), (weight grads, edge-weight grads))) of a
+    train-mode cell."""
     def loss(params, w):
         out, upd = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, *inputs, w, True,
                                single_path, mutable=['batch_stats'])
         return jnp.sum(jnp.sin(out)), (out, upd)
 
     lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)).lower(variables['params'], w)
-    return lowered.as_text(), jax.device_get(lowered.compile()(variables['params'], w))
+    compiled = lowered.compile()
+    return (lowered.as_text(), compiled.memory_analysis().temp_size_in_bytes,
+            jax.device_get(compiled(variables['params'], w)))
 
 
 @pytest.mark.parametrize('single_path', [False, True])
@@ -122,17 +127,21 @@ def test_unroll_edges_keeps_values_and_gradients(single_path):
     """model.unroll_edges unrolls a cell's edge scans over the same parameters: the same output, BN
     statistics and gradients (weights and edge weights), and no loop is left in the program."""
     cell, inputs, w, variables = _two_node_reduction_cell(single_path)
-    (rolled, a), (unrolled, b) = (_cell_gradients(cell(unroll_edges=u), inputs, w, variables, single_path)
-                                  for u in (False, True))
+    (rolled, _, a), (unrolled, _, b) = (_cell_gradients(cell(unroll_edges=u), inputs, w, variables,
+                                                        single_path) for u in (False, True))
     assert rolled.count('stablehlo.while') > 0 and unrolled.count('stablehlo.while') == 0
     _assert_same_results(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_remat_branch_in_a_cell_keeps_one_copy_of_the_inputs():
-    """Under remat_branch the input edges index the cell inputs inside the rematerialised op, so their scan
+@pytest.mark.parametrize('single_path', [False, True])
+def test_remat_branch_in_a_cell_keeps_one_copy_of_the_inputs(single_path):
+    """Under remat_branch the input edges index the cell inputs inside the rematerialised ops, so their scan
     keeps the stacked inputs as one loop-invariant residual, not a copy per edge (a 4-edge stack of 8x8 inputs
-    here; DARTS shape, single-path weight step: 0.74x the temporary memory). Same results as without it."""
-    cell, inputs, w, variables = _two_node_reduction_cell(single_path=True)
-    (_, a), (text, b) = (_cell_gradients(cell(remat_branch=r), inputs, w, variables, True) for r in (False, True))
+    here; DARTS shape, single-path weight step: 0.74x the temporary memory), and no op's activations. Same
+    results as without it, in less temporary memory."""
+    cell, inputs, w, variables = _two_node_reduction_cell(single_path)
+    (_, plain_bytes, a), (text, remat_bytes, b) = (_cell_gradients(cell(remat_branch=r), inputs, w, variables,
+                                                                   single_path) for r in (False, True))
     assert 'tensor<4x2x8x8x4xf32>' not in text
+    assert remat_bytes < plain_bytes, (remat_bytes, plain_bytes)
     _assert_same_results(a, b, rtol=1e-5, atol=1e-6)
