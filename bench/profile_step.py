@@ -1,12 +1,15 @@
 """Where a compiled search step spends its time: a jax.profiler trace of a few steps, XLA's leaf
 ops summed by kind (copy, dynamic-slice fusion, convolution, ...).
 
-    python bench/profile_step.py --shape smoke --path hard --depthwise shift [--variant remat_branch] [--by-source]
+    python bench/profile_step.py --shape smoke --path hard --depthwise shift [--variant remat_branch] [--step arch]
+        [--by-source | --by-instruction]
 
 Times are summed over the runtime's threads (independent ops run in parallel), so the shares say
 where the work goes, not the wall time. This is how the single path's zero-filled branch residuals
 were found (copies and dynamic-slice fusions ~72% on the CPU; `model.remat_branch`), and, with
---by-source, the edge scans' residual copies and whole-array gradient updates (`model.unroll_edges`).
+--by-source, the edge scans' residual copies and whole-array gradient updates (`model.unroll_edges`);
+with --by-instruction (each HLO instruction with its result shape), the mixture's input gradients fused
+into the edge loops' dynamic-update-slices (`bench/bench_scan_update.py`).
 """
 from __future__ import annotations
 
@@ -30,9 +33,11 @@ from bench import _common as C  # noqa: E402
 CONTAINERS = ('$', 'Thunk', 'Pjit', 'Common', 'cond', 'while', 'end: ')  # python frames, ops holding ops, end markers
 
 
-def op_kinds(trace_dir: str, sources: dict | None = None) -> tuple[collections.Counter, collections.Counter]:
+def op_kinds(trace_dir: str, sources: dict | None = None,
+             shapes: dict | None = None) -> tuple[collections.Counter, collections.Counter]:
     """Microseconds and counts per op kind (the HLO name without its numeric suffix), or, given
-    `sources` (instruction name -> source op, `op_sources`), per (kind, source op)."""
+    `sources` (instruction name -> source op, `op_sources`), per (kind, source op), or, given `shapes`
+    (instruction name -> result shape, `instruction_shapes`), per instruction."""
     path = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True))[-1]
     events = json.load(gzip.open(path))
     events = events['traceEvents'] if isinstance(events, dict) else events
@@ -40,7 +45,9 @@ def op_kinds(trace_dir: str, sources: dict | None = None) -> tuple[collections.C
     for e in events:
         if e.get('ph') == 'X' and not e['name'].startswith(CONTAINERS):
             kind = re.sub(r'[._]\d+$', '', e['name'])
-            if sources is not None:
+            if shapes is not None:
+                kind = f"{e['name']} {shapes.get(e['name'], '?')}"
+            elif sources is not None:
                 kind = f"{kind} <- {sources.get(e['name'], '?')}"
             us[kind] += e.get('dur', 0)
             n[kind] += 1
@@ -57,6 +64,11 @@ def op_sources(hlo_text: str) -> dict:
     return out
 
 
+def instruction_shapes(hlo_text: str) -> dict:
+    """Instruction name -> its result shape (e.g. 'f32[8,64,32,32,32]'), from compiled HLO text."""
+    return {m.group(1): m.group(2) for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', hlo_text, re.M)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--shape', default='smoke')
@@ -66,15 +78,18 @@ def main():
     p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' or 'dot' (model.pointwise_impl)")
     p.add_argument('--steps', type=int, default=5)
     p.add_argument('--top', type=int, default=15)
+    p.add_argument('--step', default='weight', choices=('weight', 'arch'))
     p.add_argument('--by-source', action='store_true',
                    help='split each op kind by the JAX op it came from (HLO op_name metadata)')
+    p.add_argument('--by-instruction', action='store_true',
+                   help='one row per HLO instruction, with its result shape')
     args = p.parse_args()
     spec, bs, size = C.shape_spec(args.shape)
     depthwise = C.depthwise_for(args.depthwise)
     _, wtx, atx, state = C.make_state(spec, size)
     b, key = C.batch(bs, size), jax.random.key(1)
     cfg = C.step_config(args.path, args.variant, depthwise, args.pointwise)
-    comp = C.compile_step(C.search_step(spec, cfg, wtx, atx, 'weight'), state, b, key)
+    comp = C.compile_step(C.search_step(spec, cfg, wtx, atx, args.step), state, b, key)
     for _ in range(2):
         state, m = comp.fn(state, b, key)
     jax.block_until_ready(m)
@@ -86,13 +101,15 @@ def main():
     jax.block_until_ready(m)
     wall = time.perf_counter() - t0
     jax.profiler.stop_trace()
-    us, n = op_kinds(trace_dir, op_sources(comp.fn.as_text()) if args.by_source else None)
+    text = comp.fn.as_text()
+    us, n = op_kinds(trace_dir, op_sources(text) if args.by_source else None,
+                     instruction_shapes(text) if args.by_instruction else None)
     total = sum(us.values())
     out = [f'### Step profile ({time.strftime("%Y-%m-%d %H:%M")})', '',
-           C.machine() + f'; shape {args.shape}, {args.path} path, {args.variant}, depthwise {depthwise}, '
-           f'pointwise {args.pointwise}; '
+           C.machine() + f'; shape {args.shape}, {args.step} step, {args.path} path, {args.variant}, '
+           f'depthwise {depthwise}, pointwise {args.pointwise}; '
            f'{args.steps} steps, {bs * args.steps / wall:.1f} img/s while profiled; op time summed over threads: '
-           f'{total / 1e3 / args.steps:.1f} ms/step', '',
+           f'{total / 1e3 / args.steps:.1f} ms/step, {total / 1e6 / wall:.2f}x the wall time (cores busy)', '',
            '| op kind | ms/step | share | per step |', '|---|---|---|---|']
     out += [f'| {k} | {d / 1e3 / args.steps:.2f} | {100 * d / total:.1f}% | {n[k] // args.steps} |'
             for k, d in us.most_common(args.top)]
