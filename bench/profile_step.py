@@ -30,6 +30,7 @@ import jax  # noqa: E402
 
 from bench import _common as C  # noqa: E402
 
+INSTRUCTION = r'^\s*(?:ROOT )?%?([\w.\-]+) = '  # a compiled-HLO line up to its result shape; group 1: the name
 CONTAINERS = ('$', 'Thunk', 'Pjit', 'Common', 'cond', 'while', 'end: ')  # python frames, ops holding ops, end markers
 
 
@@ -58,7 +59,7 @@ def op_sources(hlo_text: str) -> dict:
     """Instruction name -> the JAX op it came from: forward or backward ('T', a transpose) and the last
     three parts of its op_name metadata (e.g. 'T sep_conv_5x5/op1/dw/...'), from compiled HLO text."""
     out = {}
-    for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"', hlo_text, re.M):
+    for m in re.finditer(INSTRUCTION + r'.*?metadata=\{op_name="([^"]*)"', hlo_text, re.M):
         name = m.group(2)
         out[m.group(1)] = ('T ' if 'transpose(' in name else 'F ') + '/'.join(name.split('/')[-3:])
     return out
@@ -66,7 +67,7 @@ def op_sources(hlo_text: str) -> dict:
 
 def instruction_shapes(hlo_text: str) -> dict:
     """Instruction name -> its result shape (e.g. 'f32[8,64,32,32,32]'), from compiled HLO text."""
-    return {m.group(1): m.group(2) for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', hlo_text, re.M)}
+    return {m.group(1): m.group(2) for m in re.finditer(INSTRUCTION + r'(\S+)', hlo_text, re.M)}
 
 
 def main():
@@ -79,10 +80,11 @@ def main():
     p.add_argument('--steps', type=int, default=5)
     p.add_argument('--top', type=int, default=15)
     p.add_argument('--step', default='weight', choices=('weight', 'arch'))
-    p.add_argument('--by-source', action='store_true',
-                   help='split each op kind by the JAX op it came from (HLO op_name metadata)')
-    p.add_argument('--by-instruction', action='store_true',
-                   help='one row per HLO instruction, with its result shape')
+    rows = p.add_mutually_exclusive_group()
+    rows.add_argument('--by-source', action='store_true',
+                      help='split each op kind by the JAX op it came from (HLO op_name metadata)')
+    rows.add_argument('--by-instruction', action='store_true',
+                      help='one row per HLO instruction, with its result shape')
     args = p.parse_args()
     spec, bs, size = C.shape_spec(args.shape)
     depthwise = C.depthwise_for(args.depthwise)
