@@ -36,7 +36,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
                    primitives=list(PRIMITIVES), depthwise_impl='conv',
                    pointwise_impl='conv',    # 'dot': 1x1 convs as matmuls (N=8 GPU sweep 1.40x, CPU DARTS shape
-                                             # 3.1x; the unoptimised CPU test compiles are slower)
+                                             # 3.1x; the unoptimised CPU test compiles are slower; at the DARTS
+                                             # shape jax 0.11.2's GPU compiler aborts on it: README)
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
                    remat=False,              # recompute cell activations in the backward pass (CPU smoke: 0.87x)
                    remat_branch=False,       # recompute each op in the backward pass (CPU DARTS: 1.64-1.89x)

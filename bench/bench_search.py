@@ -33,6 +33,8 @@ def main():
     p.add_argument('--train', type=int, default=50000)
     p.add_argument('--mixture', action='store_true', help='soft mixture instead of hard single path')
     p.add_argument('--depthwise', default='conv', help="'conv' or 'shift' (the shift form's gradient needs ~6x the memory)")
+    p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' (nn.Conv) or 'dot' (matmul: model.pointwise_impl)")
+    p.add_argument('--remat-branch', action='store_true', help='model.remat_branch: rematerialise each op and edge input')
     p.add_argument('--compute-dtype', default='float32')
     p.add_argument('--out', default='')
     args = p.parse_args()
@@ -40,6 +42,7 @@ def main():
     c.data.source, c.data.synthetic_train, c.data.synthetic_test = 'synthetic', args.train, 2000
     c.search.warmup_epochs, c.search.search_epochs = 0, 50
     c.model.depthwise_impl, c.model.compute_dtype, c.progress = args.depthwise, args.compute_dtype, False
+    c.model.pointwise_impl, c.model.remat_branch = args.pointwise, args.remat_branch
     if args.mixture:
         c.search.hard, c.search.single_path = False, False
     config_lib.validate(c)
@@ -57,17 +60,19 @@ def main():
     wall = time.time() - t0
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:  # epoch records; events (warnings, growth) have 'event'
         recs = [r for r in map(json.loads, f) if 'event' not in r]
-    compile_s = recs[0]['first_step_s']
-    print(f'wall {wall:.1f} s, first step {compile_s:.1f} s, last epoch {recs[-1]["images_per_sec"]:.1f} img/s', flush=True)
+    compile_s = float(recs[0]['first_step_s'])  # timing fields are NaN (written "nan") without timed steps
+    ips = float(recs[-1]['images_per_sec'])
+    print(f'wall {wall:.1f} s, first step {compile_s:.1f} s, last epoch {ips:.1f} img/s', flush=True)
     scale = 25000 / len(splits['weights'])  # per-epoch time at the 25k/25k split
     per_epoch = (wall - compile_s) / args.epochs * scale
     report([
         f'### Timed DARTS-space search ({time.strftime("%Y-%m-%d %H:%M")})', '',
         machine() + f"; C=16, 8 cells, batch 64, synthetic {len(splits['weights'])}/{len(splits['arch'])} split, "
-        f"{'soft mixture' if args.mixture else 'hard single path'}, depthwise {args.depthwise}, {args.compute_dtype}", '',
+        f"{'soft mixture' if args.mixture else 'hard single path'}, depthwise {args.depthwise}, "
+        f"pointwise {args.pointwise}{', remat_branch' if args.remat_branch else ''}, {args.compute_dtype}", '',
         f'- ran {args.epochs} search epochs ({n} weight steps + {n} arch steps each, eval on 2,000 images) in '
         f'{wall:.0f} s; first step (compile) {compile_s:.0f} s',
-        f"- weight-step throughput {recs[-1]['images_per_sec']:.0f} img/s (last epoch, arch steps interleaved)",
+        f"- weight-step throughput {ips:.0f} img/s (last epoch, arch steps interleaved)",
         f'- **EXTRAPOLATED** 50-epoch search: {compile_s + 50 * per_epoch:.0f} s = {(compile_s + 50 * per_epoch) / 3600:.2f} h '
         f'(compile + 50 x {per_epoch:.0f} s/epoch{f", epoch time scaled x{scale:.2f} from the smaller split" if scale != 1 else ""}; '
         'not measured end to end)', ''], args.out)

@@ -90,6 +90,9 @@ def bench_case(shape, which, path, variant, args):
     jitted = C.search_step(spec, cfg, wtx, atx, which)
     b, key = C.batch(batch_size, size), jax.random.key(1)
     comp = C.compile_step(jitted, state, b, key)
+    # progress on stderr, so that a run stopped by its time limit (a GPU lease) still shows where it got
+    print(f'# compiled {shape} {which} {path} {variant} ({depthwise}, {args.pointwise}) in {comp.compile_s:.1f} s, '
+          f'{comp.temp_mb:.0f} MB temporaries', file=sys.stderr, flush=True)
 
     def jax_run(st, iters):
         for _ in range(iters):
