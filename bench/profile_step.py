@@ -5,7 +5,9 @@ ops summed by kind (copy, dynamic-slice fusion, convolution, ...).
         [--by-source | --by-instruction]
 
 Times are summed over the runtime's threads (independent ops run in parallel), so the shares say
-where the work goes, not the wall time. This is how the single path's zero-filled branch residuals
+where the work goes, not the wall time. The 'alone' column is the time each kind ran as the only op on
+any thread: that is wall time the other cores sat idle for (on the 2-core CPU, the mixture's
+dynamic-update-slice fusions run alone all the time). This is how the single path's zero-filled branch residuals
 were found (copies and dynamic-slice fusions ~72% on the CPU; `model.remat_branch`), and, with
 --by-source, the edge scans' residual copies and whole-array gradient updates (`model.unroll_edges`);
 with --by-instruction (each HLO instruction with its result shape), the mixture's input gradients fused
@@ -34,25 +36,51 @@ INSTRUCTION = r'^\s*(?:ROOT )?%?([\w.\-]+) = '  # a compiled-HLO line up to its 
 CONTAINERS = ('$', 'Thunk', 'Pjit', 'Common', 'cond', 'while', 'end: ')  # python frames, ops holding ops, end markers
 
 
-def op_kinds(trace_dir: str, sources: dict | None = None,
-             shapes: dict | None = None) -> tuple[collections.Counter, collections.Counter]:
-    """Microseconds and counts per op kind (the HLO name without its numeric suffix), or, given
-    `sources` (instruction name -> source op, `op_sources`), per (kind, source op), or, given `shapes`
-    (instruction name -> result shape, `instruction_shapes`), per instruction."""
+def leaf_events(trace_dir: str) -> list:
+    """The trace's leaf op events (complete events that are not Python frames or op containers)."""
     path = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True))[-1]
     events = json.load(gzip.open(path))
     events = events['traceEvents'] if isinstance(events, dict) else events
-    us, n = collections.Counter(), collections.Counter()
-    for e in events:
-        if e.get('ph') == 'X' and not e['name'].startswith(CONTAINERS):
-            kind = re.sub(r'[._]\d+$', '', e['name'])
-            if shapes is not None:
-                kind = f"{e['name']} {shapes.get(e['name'], '?')}"
-            elif sources is not None:
-                kind = f"{kind} <- {sources.get(e['name'], '?')}"
-            us[kind] += e.get('dur', 0)
-            n[kind] += 1
-    return us, n
+    return [e for e in events if e.get('ph') == 'X' and not e['name'].startswith(CONTAINERS)]
+
+
+def concurrency(events: list) -> tuple[list, collections.Counter]:
+    """Per event, the microseconds during which it was the only op running on any thread, and the
+    microseconds of the traced span with 0, 1 and 2+ ops running. Why: XLA's CPU runtime runs some
+    fusions (e.g. a loop's dynamic-update-slice with its update computed inside) on one thread, which
+    leaves the other cores idle; summed op time does not show that."""
+    points = sorted([(e['ts'], 1, i) for i, e in enumerate(events)]
+                    + [(e['ts'] + e.get('dur', 0), -1, i) for i, e in enumerate(events)])  # ends first on ties
+    alone, running, cover = [0.0] * len(events), set(), collections.Counter()
+    last = points[0][0] if points else 0
+    for t, change, i in points:
+        if t > last:
+            cover[min(len(running), 2)] += t - last
+            if len(running) == 1:
+                alone[next(iter(running))] += t - last
+        last = t
+        (running.add if change == 1 else running.discard)(i)
+    return alone, cover
+
+
+def op_kinds(events: list, sources: dict | None = None,
+             shapes: dict | None = None) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
+    """Microseconds, microseconds alone (the only op running, `concurrency`) and counts per op kind (the
+    HLO name without its numeric suffix), or, given `sources` (instruction name -> source op,
+    `op_sources`), per (kind, source op), or, given `shapes` (instruction name -> result shape,
+    `instruction_shapes`), per instruction."""
+    us, alone_us, n = collections.Counter(), collections.Counter(), collections.Counter()
+    alone, _ = concurrency(events)
+    for e, a in zip(events, alone):
+        kind = re.sub(r'[._]\d+$', '', e['name'])
+        if shapes is not None:
+            kind = f"{e['name']} {shapes.get(e['name'], '?')}"
+        elif sources is not None:
+            kind = f"{kind} <- {sources.get(e['name'], '?')}"
+        us[kind] += e.get('dur', 0)
+        alone_us[kind] += a
+        n[kind] += 1
+    return us, alone_us, n
 
 
 def op_sources(hlo_text: str) -> dict:
@@ -104,17 +132,21 @@ def main():
     wall = time.perf_counter() - t0
     jax.profiler.stop_trace()
     text = comp.fn.as_text()
-    us, n = op_kinds(trace_dir, op_sources(text) if args.by_source else None,
-                     instruction_shapes(text) if args.by_instruction else None)
-    total = sum(us.values())
+    events = leaf_events(trace_dir)
+    us, alone, n = op_kinds(events, op_sources(text) if args.by_source else None,
+                            instruction_shapes(text) if args.by_instruction else None)
+    _, cover = concurrency(events)
+    total, span = sum(us.values()), sum(cover.values()) or 1
     out = [f'### Step profile ({time.strftime("%Y-%m-%d %H:%M")})', '',
            C.machine() + f'; shape {args.shape}, {args.step} step, {args.path} path, {args.variant}, '
            f'depthwise {depthwise}, pointwise {args.pointwise}; '
            f'{args.steps} steps, {bs * args.steps / wall:.1f} img/s while profiled; op time summed over threads: '
-           f'{total / 1e3 / args.steps:.1f} ms/step, {total / 1e6 / wall:.2f}x the wall time (cores busy)', '',
-           '| op kind | ms/step | share | per step |', '|---|---|---|---|']
-    out += [f'| {k} | {d / 1e3 / args.steps:.2f} | {100 * d / total:.1f}% | {n[k] // args.steps} |'
-            for k, d in us.most_common(args.top)]
+           f'{total / 1e3 / args.steps:.1f} ms/step, {total / 1e6 / wall:.2f}x the wall time (cores busy); '
+           f'of the traced span, no op running {100 * cover[0] / span:.0f}%, one {100 * cover[1] / span:.0f}%, '
+           f'two or more {100 * cover[2] / span:.0f}%', '',
+           '| op kind | ms/step | share | alone ms/step | per step |', '|---|---|---|---|---|']
+    out += [f'| {k} | {d / 1e3 / args.steps:.2f} | {100 * d / total:.1f}% | {alone[k] / 1e3 / args.steps:.2f} | '
+            f'{n[k] // args.steps} |' for k, d in us.most_common(args.top)]
     C.report(out, None)
 
 
