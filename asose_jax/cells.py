@@ -85,12 +85,45 @@ def node_edges(steps: int) -> tuple[tuple[int, int, int], ...]:
     return tuple((edge_index(i, 2 + k), k, i) for i in range(steps) for k in range(i))
 
 
+@jax.custom_vjp
+def materialized_cotangent(x):
+    """Identity whose cotangent leaves through a one-trip `while` loop, so XLA computes it in its own fusion.
+
+    Why: an edge loop adds each edge's input gradient into the stacked cell inputs (or the node array) at a
+    dynamic index. XLA fuses the whole gradient computation (all candidate ops' backward taps) into that
+    in-place dynamic-update-slice, and its CPU runtime runs such a fusion on one thread. A loop is a fusion
+    boundary XLA cannot simplify away here: its trip count is read from the data (1, or 0 for a NaN; the
+    value passes through unchanged either way). Then the gradient is an ordinary fusion, split over the
+    cores, and the update only adds it (CPU, DARTS-shape mixture weight step with remat_branch: 1.16x)."""
+    return x
+
+
+def _materialized_cotangent_fwd(x):
+    return x, None
+
+
+def _materialized_cotangent_bwd(_, g):
+    first = g.reshape(-1)[0]
+    trips = (first == first).astype(jnp.int32)  # 1, or 0 for NaN: not a constant XLA can fold
+
+    def body(carry):
+        i, v = carry  # scaling by (i + 1 == trips), i.e. by 1.0, keeps XLA from forwarding v around the loop
+        return i + 1, v * (i + 1 == trips).astype(v.dtype)
+
+    _, g = jax.lax.while_loop(lambda carry: carry[0] < trips, body, (jnp.int32(0), g))
+    return (g,)
+
+
+materialized_cotangent.defvjp(_materialized_cotangent_fwd, _materialized_cotangent_bwd)
+
+
 class _InputEdge(nn.Module):
     """One edge reading a cell input; scanned over the 2*steps input edges (params stacked).
 
     Under remat_branch the edge's read of the cell inputs is rematerialised with its op, so the scan's
     residual is the loop-invariant stack of the two inputs, not a copy of one per edge (the rematerialised
-    ops' input): DARTS-shape single-path weight step, 0.74x the temporary memory."""
+    ops' input): DARTS-shape single-path weight step, 0.74x the temporary memory. `materialize_edge_grads`:
+    see `materialized_cotangent`."""
 
     C: int
     stride: int
@@ -101,6 +134,7 @@ class _InputEdge(nn.Module):
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
     remat_branch: bool = False
+    materialize_edge_grads: bool = False
 
     @nn.compact
     def __call__(self, carry, inputs, w, src):
@@ -108,7 +142,8 @@ class _InputEdge(nn.Module):
                      self.remat_branch, name='mixed')
 
         def run(mdl, inputs, w, src):
-            return mdl(inputs[src], w, self.train, self.single_path)
+            x = materialized_cotangent(inputs[src]) if self.materialize_edge_grads else inputs[src]
+            return mdl(x, w, self.train, self.single_path)
 
         if self.remat_branch and not self.is_initializing():
             run = nn.remat(run)
@@ -116,7 +151,8 @@ class _InputEdge(nn.Module):
 
 
 class _NodeEdge(nn.Module):
-    """One edge between intermediate nodes; the carry holds the node sums being accumulated."""
+    """One edge between intermediate nodes; the carry holds the node sums being accumulated.
+    `materialize_edge_grads`: see `materialized_cotangent`."""
 
     C: int
     primitives: Sequence[str]
@@ -126,12 +162,14 @@ class _NodeEdge(nn.Module):
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
     remat_branch: bool = False
+    materialize_edge_grads: bool = False
 
     @nn.compact
     def __call__(self, nodes, w, src, dst):
         op = MixedOp(self.C, 1, self.primitives, self.depthwise_impl, self.gated, self.drop_path_rate,
                      self.remat_branch, name='mixed')
-        return nodes.at[dst].add(op(nodes[src], w, self.train, self.single_path)), None
+        x = materialized_cotangent(nodes[src]) if self.materialize_edge_grads else nodes[src]
+        return nodes.at[dst].add(op(x, w, self.train, self.single_path)), None
 
 
 def _scan(module_cls, length: int, in_axes, unroll: bool):
@@ -149,7 +187,9 @@ class SearchCell(nn.Module):
     `unroll_edges` unrolls both scans (same params): a loop writes every edge's residuals into stacked
     buffers, copies them and accumulates the inputs' gradient one edge at a time, which unrolled code
     does not (CPU, DARTS-shape mixture: 1.69x the images/s for 3.5x the compile time; the single path
-    runs slower unrolled, 0.61x at the smoke shape; bench/RESULTS.md).
+    runs slower unrolled, 0.61x at the smoke shape; bench/RESULTS.md). `materialize_edge_grads` keeps the
+    loops but takes the edges' input gradients out of their one-thread in-place updates
+    (`materialized_cotangent`).
     """
 
     C: int
@@ -163,6 +203,7 @@ class SearchCell(nn.Module):
     drop_path_rate: float = 0.0
     remat_branch: bool = False
     unroll_edges: bool = False
+    materialize_edge_grads: bool = False
 
     @nn.compact
     def __call__(self, s0, s1, weights, train: bool, single_path: bool = False):
@@ -172,14 +213,14 @@ class SearchCell(nn.Module):
         in_idx, in_src, in_dst = map(jnp.array, zip(*input_edges(self.steps)))
         in_scan = _scan(_InputEdge, len(in_idx), (nn.broadcast, 0, 0), self.unroll_edges)(
             self.C, 2 if self.reduction else 1, prims, self.depthwise_impl, train, single_path,
-            tuple(self.gated), self.drop_path_rate, self.remat_branch, name='input_edges')
+            tuple(self.gated), self.drop_path_rate, self.remat_branch, self.materialize_edge_grads, name='input_edges')
         _, outs = in_scan(None, inputs, weights[in_idx], in_src)
         nodes = jax.ops.segment_sum(outs, in_dst, num_segments=self.steps, indices_are_sorted=True)
         if self.steps > 1:
             nd_idx, nd_src, nd_dst = map(jnp.array, zip(*node_edges(self.steps)))
             nd_scan = _scan(_NodeEdge, len(nd_idx), (0, 0, 0), self.unroll_edges)(
                 self.C, prims, self.depthwise_impl, train, single_path, tuple(self.gated), self.drop_path_rate,
-                self.remat_branch, name='node_edges')
+                self.remat_branch, self.materialize_edge_grads, name='node_edges')
             nodes, _ = nd_scan(nodes, weights[nd_idx], nd_src, nd_dst)
         return jnp.concatenate(list(nodes[self.steps - self.multiplier:]), axis=-1)
 

@@ -34,7 +34,7 @@ SHAPE_FIELDS = ('seed', 'data.', 'model.', 'search.batch_size', 'search.arch_eve
                 'optimize.auxiliary', 'growth.', 'parallel.')
 # ... but not these: how the same parameters are computed (a checkpoint from before a field existed resumes too)
 IGNORED_FIELDS = ('data.eval_batch_size', 'progress', 'checkpoint.', 'model.depthwise_impl', 'model.pointwise_impl',
-                  'model.remat', 'model.remat_branch', 'model.unroll_edges')
+                  'model.remat', 'model.remat_branch', 'model.unroll_edges', 'model.materialize_edge_grads')
 
 
 class CheckpointError(RuntimeError):

@@ -41,7 +41,10 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
                    remat=False,              # recompute cell activations in the backward pass (CPU smoke: 0.87x)
                    remat_branch=False,       # recompute each op in the backward pass (CPU DARTS: 1.64-1.89x)
-                   unroll_edges=False)       # unroll the cells' edge scans (CPU mixture: 1.34-1.69x; single path 0.61x)
+                   unroll_edges=False,       # unroll the cells' edge scans (CPU mixture: 1.34-1.69x; single path 0.61x)
+                   materialize_edge_grads=False)  # each edge's input gradient in its own fusion, not inside the
+                                             # loop's one-thread in-place update (CPU DARTS mixture with remat_branch:
+                                             # 1.16x; cells.materialized_cotangent)
     c.search = dict(
         batch_size=64,
         warmup_epochs=10,
@@ -130,6 +133,7 @@ def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     # images/s of conv/conv, the whole run 2 min 34 s instead of 3 min 16 s, and the unoptimised e2e test
     # 95 s instead of 106 s (README "Measured")
     c.model.depthwise_impl, c.model.pointwise_impl, c.model.remat_branch = 'shift', 'dot', True
+    c.model.materialize_edge_grads = True  # mixture steps 1.13x here, 1.16-1.29x at the DARTS shape; single path 1.0x
     c.search.batch_size = 64
     c.search.warmup_epochs = 1
     c.search.search_epochs = 3
@@ -199,6 +203,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
     _check(isinstance(m.remat_branch, bool), 'model.remat_branch', m.remat_branch, 'True or False')
     _check(isinstance(m.unroll_edges, bool), 'model.unroll_edges', m.unroll_edges, 'True or False')
+    _check(isinstance(m.materialize_edge_grads, bool), 'model.materialize_edge_grads', m.materialize_edge_grads,
+           'True or False')
     _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
            'True (shard the batch over all local devices) or False')
     _check(isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1, 'sweep.seeds', c.sweep.seeds, 'an integer >= 1')
@@ -294,7 +300,8 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
         unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl,
         pointwise_impl=c.model.pointwise_impl, compute_dtype=c.model.compute_dtype, remat=c.model.remat,
-        remat_branch=c.model.remat_branch, unroll_edges=c.model.unroll_edges)
+        remat_branch=c.model.remat_branch, unroll_edges=c.model.unroll_edges,
+        materialize_edge_grads=c.model.materialize_edge_grads)
 
 
 def weight_opt_config(c: ml_collections.ConfigDict) -> WeightOptConfig:

@@ -49,6 +49,7 @@ class SearchNetwork(nn.Module):
     remat: bool = False  # recompute each cell's activations in the backward pass (memory for time)
     remat_branch: bool = False  # recompute each candidate op in the backward pass (cells.MixedOp)
     unroll_edges: bool = False  # unroll each cell's edge scans (cells.SearchCell)
+    materialize_edge_grads: bool = False  # edge input gradients outside the loops' updates (cells.SearchCell)
 
     @nn.compact
     def __call__(self, x, edge_weights, train: bool = True, single_path: bool = False):
@@ -60,7 +61,7 @@ class SearchNetwork(nn.Module):
         for i, cell in enumerate(spec.cells):
             out = cell_cls(cell.C, cell.reduction, level0 != level1, spec.primitives, spec.steps,
                            spec.multiplier, self.depthwise_impl, spec.branch_ops, spec.drop_path, self.remat_branch,
-                           self.unroll_edges, name=f'cell{i}')(
+                           self.unroll_edges, self.materialize_edge_grads, name=f'cell{i}')(
                 s0, s1, edge_weights['reduce' if cell.reduction else 'normal'], train, single_path)
             if cell.attention:
                 out = SqueezeExcite(cell.attention, name=f'cell{i}_se')(out)

@@ -50,6 +50,7 @@ class SearchStepConfig:
     remat: bool = False             # nn.remat per cell
     remat_branch: bool = False      # nn.remat per candidate op (cells.MixedOp)
     unroll_edges: bool = False      # unroll the cells' edge scans (cells.SearchCell)
+    materialize_edge_grads: bool = False  # cells.materialized_cotangent on each edge's input
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -110,7 +111,7 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
     if cfg.pointwise_impl not in POINTWISE_IMPLS:
         raise ValueError(f'pointwise_impl {cfg.pointwise_impl!r}; allowed: {POINTWISE_IMPLS}')
     network = SearchNetwork(spec, cfg.depthwise_impl, remat=cfg.remat, remat_branch=cfg.remat_branch,
-                            unroll_edges=cfg.unroll_edges)
+                            unroll_edges=cfg.unroll_edges, materialize_edge_grads=cfg.materialize_edge_grads)
 
     def apply(*args, **kwargs):
         with pointwise(cfg.pointwise_impl):

@@ -54,8 +54,9 @@ def machine() -> str:
             f'({dev.device_kind}, {jax.device_count()} device(s))')
 
 
-# remat: per cell; remat_branch: per candidate op; unroll: the cells' edge scans unrolled
-VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch', 'unroll')
+# remat: per cell; remat_branch: per candidate op; unroll: the cells' edge scans unrolled; +mat_grads: with
+# model.materialize_edge_grads
+VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch', 'unroll', 'remat_branch+mat_grads')
 
 
 def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv') -> SearchStepConfig:
@@ -69,7 +70,8 @@ def step_config(path: str, variant: str, depthwise: str, pointwise: str = 'conv'
     return SearchStepConfig(sampling='gumbel', hard=path != 'soft', single_path=path == 'hard', tau_max=5.0,
                             tau_min=1.0, tau_steps=1000, depthwise_impl=depthwise, pointwise_impl=pointwise,
                             compute_dtype='bfloat16' if variant == 'bf16' else 'float32', remat=variant == 'remat',
-                            remat_branch=variant == 'remat_branch', unroll_edges=variant == 'unroll')
+                            remat_branch=variant.startswith('remat_branch'), unroll_edges=variant == 'unroll',
+                            materialize_edge_grads=variant.endswith('+mat_grads'))
 
 
 def make_state(spec: NetworkSpec, size: int, seed: int = 0):

@@ -5,9 +5,11 @@ ops summed by kind (copy, dynamic-slice fusion, convolution, ...).
         [--by-source | --by-instruction]
 
 Times are summed over the runtime's threads (independent ops run in parallel), so the shares say
-where the work goes, not the wall time. The 'alone' column is the time each kind ran as the only op on
-any thread: that is wall time the other cores sat idle for (on the 2-core CPU, the mixture's
-dynamic-update-slice fusions run alone all the time). This is how the single path's zero-filled branch residuals
+where the work goes, not the wall time; a loop fusion that XLA splits over the cores is one event of
+its wall time. The 'one thread' column is the time of the loop fusions that compiled HLO leaves unsplit
+(no `outer_dimension_partitions`), which the other cores cannot help with: it found the mixture's edge
+input gradients computed inside the edge loops' dynamic-update-slices (`model.materialize_edge_grads`).
+"Cores busy" is the process's CPU time over the wall time. This is how the single path's zero-filled branch residuals
 were found (copies and dynamic-slice fusions ~72% on the CPU; `model.remat_branch`), and, with
 --by-source, the edge scans' residual copies and whole-array gradient updates (`model.unroll_edges`);
 with --by-instruction (each HLO instruction with its result shape), the mixture's input gradients fused
@@ -44,43 +46,31 @@ def leaf_events(trace_dir: str) -> list:
     return [e for e in events if e.get('ph') == 'X' and not e['name'].startswith(CONTAINERS)]
 
 
-def concurrency(events: list) -> tuple[list, collections.Counter]:
-    """Per event, the microseconds during which it was the only op running on any thread, and the
-    microseconds of the traced span with 0, 1 and 2+ ops running. Why: XLA's CPU runtime runs some
-    fusions (e.g. a loop's dynamic-update-slice with its update computed inside) on one thread, which
-    leaves the other cores idle; summed op time does not show that."""
-    points = sorted([(e['ts'], 1, i) for i, e in enumerate(events)]
-                    + [(e['ts'] + e.get('dur', 0), -1, i) for i, e in enumerate(events)])  # ends first on ties
-    alone, running, cover = [0.0] * len(events), set(), collections.Counter()
-    last = points[0][0] if points else 0
-    for t, change, i in points:
-        if t > last:
-            cover[min(len(running), 2)] += t - last
-            if len(running) == 1:
-                alone[next(iter(running))] += t - last
-        last = t
-        (running.add if change == 1 else running.discard)(i)
-    return alone, cover
+def unsplit_loop_fusions(hlo_text: str) -> set:
+    """Names of the loop fusions that compiled HLO leaves without `outer_dimension_partitions`: XLA's CPU
+    runtime runs each of them on one thread (a dynamic-update-slice fusion never gets partitions). A partitioned
+    fusion shows as one trace event too, so the trace alone cannot tell them apart."""
+    return {m.group(1) for m in re.finditer(INSTRUCTION + r'.*kind=kLoop(.*)$', hlo_text, re.M)
+            if 'outer_dimension_partitions' not in m.group(2)}
 
 
-def op_kinds(events: list, sources: dict | None = None,
-             shapes: dict | None = None) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
-    """Microseconds, microseconds alone (the only op running, `concurrency`) and counts per op kind (the
-    HLO name without its numeric suffix), or, given `sources` (instruction name -> source op,
-    `op_sources`), per (kind, source op), or, given `shapes` (instruction name -> result shape,
+def op_kinds(events: list, sources: dict | None = None, shapes: dict | None = None,
+             unsplit: set = frozenset()) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
+    """Microseconds, microseconds in `unsplit` instructions (one-thread loop fusions, `unsplit_loop_fusions`)
+    and counts per op kind (the HLO name without its numeric suffix), or, given `sources` (instruction name ->
+    source op, `op_sources`), per (kind, source op), or, given `shapes` (instruction name -> result shape,
     `instruction_shapes`), per instruction."""
-    us, alone_us, n = collections.Counter(), collections.Counter(), collections.Counter()
-    alone, _ = concurrency(events)
-    for e, a in zip(events, alone):
+    us, one_thread, n = collections.Counter(), collections.Counter(), collections.Counter()
+    for e in events:
         kind = re.sub(r'[._]\d+$', '', e['name'])
         if shapes is not None:
             kind = f"{e['name']} {shapes.get(e['name'], '?')}"
         elif sources is not None:
             kind = f"{kind} <- {sources.get(e['name'], '?')}"
         us[kind] += e.get('dur', 0)
-        alone_us[kind] += a
+        one_thread[kind] += e.get('dur', 0) if e['name'] in unsplit else 0
         n[kind] += 1
-    return us, alone_us, n
+    return us, one_thread, n
 
 
 def op_sources(hlo_text: str) -> dict:
@@ -125,27 +115,24 @@ def main():
     jax.block_until_ready(m)
     trace_dir = tempfile.mkdtemp(prefix='profile_step_')
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         state, m = comp.fn(state, b, key)
     jax.block_until_ready(m)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     jax.profiler.stop_trace()
     text = comp.fn.as_text()
-    events = leaf_events(trace_dir)
-    us, alone, n = op_kinds(events, op_sources(text) if args.by_source else None,
-                            instruction_shapes(text) if args.by_instruction else None)
-    _, cover = concurrency(events)
-    total, span = sum(us.values()), sum(cover.values()) or 1
+    us, one_thread, n = op_kinds(leaf_events(trace_dir), op_sources(text) if args.by_source else None,
+                                 instruction_shapes(text) if args.by_instruction else None, unsplit_loop_fusions(text))
+    total = sum(us.values())
     out = [f'### Step profile ({time.strftime("%Y-%m-%d %H:%M")})', '',
            C.machine() + f'; shape {args.shape}, {args.step} step, {args.path} path, {args.variant}, '
            f'depthwise {depthwise}, pointwise {args.pointwise}; '
            f'{args.steps} steps, {bs * args.steps / wall:.1f} img/s while profiled; op time summed over threads: '
-           f'{total / 1e3 / args.steps:.1f} ms/step, {total / 1e6 / wall:.2f}x the wall time (cores busy); '
-           f'of the traced span, no op running {100 * cover[0] / span:.0f}%, one {100 * cover[1] / span:.0f}%, '
-           f'two or more {100 * cover[2] / span:.0f}%', '',
-           '| op kind | ms/step | share | alone ms/step | per step |', '|---|---|---|---|---|']
-    out += [f'| {k} | {d / 1e3 / args.steps:.2f} | {100 * d / total:.1f}% | {alone[k] / 1e3 / args.steps:.2f} | '
+           f'{total / 1e3 / args.steps:.1f} ms/step; process CPU time {cpu / wall:.2f}x the wall time (cores busy); '
+           f'one-thread loop fusions {100 * sum(one_thread.values()) / total:.0f}% of the op time', '',
+           '| op kind | ms/step | share | one thread ms/step | per step |', '|---|---|---|---|---|']
+    out += [f'| {k} | {d / 1e3 / args.steps:.2f} | {100 * d / total:.1f}% | {one_thread[k] / 1e3 / args.steps:.2f} | '
             f'{n[k] // args.steps} |' for k, d in us.most_common(args.top)]
     C.report(out, None)
 

@@ -142,9 +142,10 @@ def test_execution_forms_do_not_block_a_resume():
     written before a field existed) resumes; a shape field does not."""
     saved = checkpoint.config_dict(ckpt_tiny_config.get_config())
     del saved['model']['remat_branch'], saved['model']['pointwise_impl'], saved['model']['unroll_edges']
+    del saved['model']['materialize_edge_grads']
     c = ckpt_tiny_config.get_config()
     c.model.depthwise_impl, c.model.pointwise_impl, c.model.remat_branch = 'shift', 'dot', True
-    c.model.unroll_edges = True
+    c.model.unroll_edges, c.model.materialize_edge_grads = True, True
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == []
     c.model.C = 8
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == ['model.C']

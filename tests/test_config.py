@@ -70,7 +70,8 @@ def test_model_fast_paths_reach_the_search_steps():
     """The config's execution options (none of them change parameters) end up in the step config."""
     c = _load('cifar10', 'smoke')
     c.model.pointwise_impl, c.model.remat_branch, c.model.depthwise_impl = 'dot', True, 'shift'
-    c.model.unroll_edges = True
+    c.model.unroll_edges, c.model.materialize_edge_grads = True, True
     validate(c)
     s = search_step_config(c, 'search', 10)
-    assert (s.pointwise_impl, s.remat_branch, s.depthwise_impl, s.unroll_edges) == ('dot', True, 'shift', True)
+    assert (s.pointwise_impl, s.remat_branch, s.depthwise_impl, s.unroll_edges, s.materialize_edge_grads) == (
+        'dot', True, 'shift', True, True)
