@@ -4,19 +4,20 @@
 # ITERS/ROUNDS set the timed work per case; SHAPES/TORCH_FLAGS (e.g. --channels-last or --no-torch) too.
 # SHAPES defaults to smoke. DARTS=1 adds the DARTS-shape steps in the CPU recipe (`shift`, matmul 1x1s): the
 # mixture weight step (edge scans vs unrolled) and both paths' weight and arch steps (plain vs
-# remat_branch): ~35 minutes and ~21 GB on a 2-core/24 GB machine.
+# remat_branch, and remat_branch with model.materialize_edge_grads): ~45 minutes and ~21 GB on a 2-core/24 GB
+# machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 ITERS=${ITERS:-5}; ROUNDS=${ROUNDS:-3}; SHAPES=${SHAPES:-smoke}; RES=${RES:-bench/RESULTS.md}
 python bench/bench_steps.py --shapes "$SHAPES" --steps weight,arch --paths soft,hard --variants remat,unroll \
   --iters "$ITERS" --rounds "$ROUNDS" ${TORCH_FLAGS:-} --out "$RES"
-python bench/bench_steps.py --shapes "$SHAPES" --steps weight,arch --paths soft,hard --variants remat_branch \
+python bench/bench_steps.py --shapes "$SHAPES" --steps weight,arch --paths soft,hard --variants remat_branch,remat_branch+mat_grads \
   --variant-steps weight,arch --iters "$ITERS" --rounds "$ROUNDS" ${TORCH_FLAGS:-} --out "$RES"
 if [ "${DARTS:-0}" = 1 ]; then
   python bench/bench_steps.py --shapes darts --steps weight --paths soft --variants unroll --depthwise shift \
     --pointwise dot --iters 2 --rounds 2 --warmup 1 ${TORCH_FLAGS:-} --out "$RES"
-  python bench/bench_steps.py --shapes darts --steps weight,arch --paths soft,hard --variants remat_branch \
+  python bench/bench_steps.py --shapes darts --steps weight,arch --paths soft,hard --variants remat_branch,remat_branch+mat_grads \
     --variant-steps weight,arch --depthwise shift --pointwise dot --iters 3 --rounds 3 --warmup 1 ${TORCH_FLAGS:-} \
     --out "$RES"
 fi

@@ -152,7 +152,7 @@ def _update_fusion_sizes(hlo_text: str, shape: str) -> list:
     sizes = []
     for computation in re.split(r'\n(?=\S)', hlo_text):
         lines = [line for line in computation.splitlines()[1:] if ' = ' in line]
-        if any(line.lstrip().startswith(f'ROOT') and f'= {shape}' in line and 'dynamic-update-slice(' in line
+        if any(line.lstrip().startswith('ROOT') and f'= {shape}' in line and 'dynamic-update-slice(' in line
                for line in lines):
             sizes.append(len(lines))
     return sizes
