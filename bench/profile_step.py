@@ -48,7 +48,7 @@ def leaf_events(trace_dir: str) -> list:
 
 def unsplit_loop_fusions(hlo_text: str) -> set:
     """Names of the loop fusions that compiled HLO leaves without `outer_dimension_partitions`: XLA's CPU
-    runtime runs each of them on one thread (a dynamic-update-slice fusion never gets partitions). A partitioned
+    runtime runs each of them on one thread (no dynamic-update-slice fusion got partitions in the search steps). A partitioned
     fusion shows as one trace event too, so the trace alone cannot tell them apart."""
     return {m.group(1) for m in re.finditer(INSTRUCTION + r'.*kind=kLoop(.*)$', hlo_text, re.M)
             if 'outer_dimension_partitions' not in m.group(2)}
