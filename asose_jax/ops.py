@@ -131,17 +131,17 @@ def _depthwise_shift_fwd(x, kernel, stride, padding, dilation):
 def _depthwise_shift_bwd(stride, padding, dilation, residuals, g):
     x, kernel = residuals
     k = kernel.shape[0]
-    n, h, w, c = x.shape
-    h_out, w_out = g.shape[1:3]
+    h, w, c = x.shape[1:]
     xp = _pad_hw(x, padding, 0)
 
-    def tap_grad(t):  # one tap per lax.map iteration, so only one shifted window is live at a time
-        window = jax.lax.dynamic_slice(
-            xp, (0, (t // k) * dilation, (t % k) * dilation, 0),
-            (n, (h_out - 1) * stride + 1, (w_out - 1) * stride + 1, c))[:, ::stride, ::stride]
-        return jnp.sum(window * g, axis=(0, 1, 2), dtype=jnp.float32)
-
-    d_kernel = jax.lax.map(tap_grad, jnp.arange(k * k)).reshape(k, k, 1, c).astype(kernel.dtype)
+    # The kernel gradient: one variadic reduce of the k*k window-times-g products, which XLA fuses into a
+    # single pass over x and g (no window is materialised), over (H, W) first so that the pass is split over
+    # the batch (and the cores); the batch sum after it is small. A tap-at-a-time loop (a materialised
+    # window and a YNNPACK reduction per tap) ran the CPU DilConv gradient 1.42x slower.
+    products = [(window * g).astype(jnp.float32) for _, _, window in _windows(xp, k, stride, dilation)]
+    per_image = jax.lax.reduce(products, [jnp.float32(0)] * len(products),
+                               lambda a, b: tuple(u + v for u, v in zip(a, b)), (1, 2))
+    d_kernel = jnp.stack(per_image).sum(axis=1).reshape(k, k, 1, c).astype(kernel.dtype)
     windows = _input_windows(g, (h, w), k, stride, padding, dilation, 0)
     d_x = functools.reduce(jnp.add, (window * kernel[i, j, 0] for i, j, window in windows))
     return d_x.astype(x.dtype), d_kernel

@@ -32,9 +32,11 @@ def main():
     p.add_argument('--epochs', type=int, default=2)
     p.add_argument('--train', type=int, default=50000)
     p.add_argument('--mixture', action='store_true', help='soft mixture instead of hard single path')
-    p.add_argument('--depthwise', default='conv', help="'conv' or 'shift' (the shift form's gradient needs ~6x the memory)")
+    p.add_argument('--depthwise', default='conv', help="'conv' (grouped conv) or 'shift' (shifted multiply-adds)")
     p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' (nn.Conv) or 'dot' (matmul: model.pointwise_impl)")
     p.add_argument('--remat-branch', action='store_true', help='model.remat_branch: rematerialise each op and edge input')
+    p.add_argument('--materialize-edge-grads', action='store_true',
+                   help="model.materialize_edge_grads: each edge's input gradient as its own fusion (CPU mixture)")
     p.add_argument('--compute-dtype', default='float32')
     p.add_argument('--out', default='')
     args = p.parse_args()
@@ -43,6 +45,7 @@ def main():
     c.search.warmup_epochs, c.search.search_epochs = 0, 50
     c.model.depthwise_impl, c.model.compute_dtype, c.progress = args.depthwise, args.compute_dtype, False
     c.model.pointwise_impl, c.model.remat_branch = args.pointwise, args.remat_branch
+    c.model.materialize_edge_grads = args.materialize_edge_grads
     if args.mixture:
         c.search.hard, c.search.single_path = False, False
     config_lib.validate(c)
@@ -69,7 +72,8 @@ def main():
         f'### Timed DARTS-space search ({time.strftime("%Y-%m-%d %H:%M")})', '',
         machine() + f"; C=16, 8 cells, batch 64, synthetic {len(splits['weights'])}/{len(splits['arch'])} split, "
         f"{'soft mixture' if args.mixture else 'hard single path'}, depthwise {args.depthwise}, "
-        f"pointwise {args.pointwise}{', remat_branch' if args.remat_branch else ''}, {args.compute_dtype}", '',
+        f"pointwise {args.pointwise}{', remat_branch' if args.remat_branch else ''}"
+        f"{', materialize_edge_grads' if args.materialize_edge_grads else ''}, {args.compute_dtype}", '',
         f'- ran {args.epochs} search epochs ({n} weight steps + {n} arch steps each, eval on 2,000 images) in '
         f'{wall:.0f} s; first step (compile) {compile_s:.0f} s',
         f"- weight-step throughput {ips:.0f} img/s (last epoch, arch steps interleaved)",

@@ -8,7 +8,8 @@ fast-path ratios (hard single path vs mixture, bf16 vs fp32, remat memory/time).
 Variants other than fp32 run for the weight step only (they change the weight step the most), unless
 --variant-steps names more (e.g. `--variant-steps weight,arch` for the single path's remat_branch).
 JAX steps include augmentation (crop/flip) and the Gumbel draw; the torch step takes a
-pre-normalised float batch and draws its Gumbel noise with F.gumbel_softmax.
+pre-normalised float batch and draws its Gumbel noise with F.gumbel_softmax. The torch twin runs in each of
+--torch-formats (default: NCHW and channels_last, both in every round), and JAX/torch divides by the faster.
 """
 from __future__ import annotations
 
@@ -27,17 +28,25 @@ import numpy as np  # noqa: E402
 from bench import _common as C  # noqa: E402
 
 
-def torch_runner(spec, variables, batch_size, size, which, path, channels_last, device):
-    """A closure running `iters` torch steps; built from parity.* (the PyTorch twin)."""
+TORCH_FORMATS = ('contiguous', 'channels_last')
+
+
+def torch_runner(spec, variables, batch_size, size, which, path, memory_format, device, bn='stock'):
+    """A closure running `iters` torch steps; built from parity.* (the PyTorch twin) in `memory_format`
+    ('contiguous': NCHW, or 'channels_last': NHWC strides, faster for torch's CPU convolutions).
+
+    bn='stock': the twin's BNs run as stock nn.BatchNorm2d (running_var='unbiased'), as a torch user's DARTS
+    code does. Train-mode outputs and gradients are the same in bn='parity', which normalises with
+    hand-written ops so that its running variance matches Flax's (slower: bench/RESULTS.md)."""
     import torch
     import torch.nn.functional as F
     from parity.convert import flax_to_torch
     from parity.torch_network import TorchSearchNetwork
 
-    net = TorchSearchNetwork(spec)
+    net = TorchSearchNetwork(spec, running_var={'stock': 'unbiased', 'parity': 'biased'}[bn])
     net.load_state_dict(flax_to_torch(spec, jax.device_get(variables)))
     net = net.to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if memory_format == 'channels_last' else torch.contiguous_format
     net = net.to(memory_format=fmt)
     net.train()
     arch = jax.device_get(variables['params']['arch'])
@@ -101,23 +110,28 @@ def bench_case(shape, which, path, variant, args):
         return st
 
     state = jax_run(state, args.warmup)
-    torch_run = peak = None
-    if not args.no_torch:
-        torch_run, peak = torch_runner(spec, variables, batch_size, size, which, path, args.channels_last,
-                                       args.torch_device)
-        torch_run(args.warmup)
-    jax_ips, torch_ips = [], []
+    torch_runs, peak = {}, None
+    for f in args.torch_formats:
+        torch_runs[f], peak = torch_runner(spec, variables, batch_size, size, which, path, f, args.torch_device,
+                                           args.torch_bn)
+        torch_runs[f](args.warmup)
+    jax_ips, torch_ips = [], {f: [] for f in torch_runs}
     for _ in range(args.rounds):  # alternate so that machine noise hits both sides alike
         t0 = time.perf_counter()
         state = jax_run(state, args.iters)
         jax_ips.append(batch_size * args.iters / (time.perf_counter() - t0))
-        if torch_run is not None:
+        for f, run in torch_runs.items():
             t0 = time.perf_counter()
-            torch_run(args.iters)
-            torch_ips.append(batch_size * args.iters / (time.perf_counter() - t0))
-    j, t = C.median(jax_ips), C.median(torch_ips)
+            run(args.iters)
+            torch_ips[f].append(batch_size * args.iters / (time.perf_counter() - t0))
+    j = C.median(jax_ips)
+    by_format = {f: C.median(v) for f, v in torch_ips.items()}
+    # the ratio is against the faster torch format: the baseline a torch user would pick
+    best = max(by_format, key=by_format.get) if by_format else None
+    t = by_format[best] if best else float('nan')
     row = {'shape': shape, 'step': which, 'path': path, 'variant': variant, 'depthwise': depthwise, 'batch': batch_size,
-           'jax_ips': j, 'torch_ips': t, 'ratio': j / t if torch_ips else float('nan'),
+           'jax_ips': j, 'torch_ips': t, 'torch_format': best, 'torch_ips_by_format': by_format,
+           'ratio': j / t if best else float('nan'),
            'compile_s': comp.compile_s, 'jax_temp_mb': comp.temp_mb, 'jax_total_mb': comp.total_mb,
            'torch_peak_mb': peak() if peak else float('nan')}
     print(json.dumps(row), flush=True)
@@ -128,18 +142,23 @@ def fmt(x, digits=1):
     return '-' if x is None or (isinstance(x, float) and not np.isfinite(x)) else f'{x:.{digits}f}'
 
 
+def by_format(row) -> str:
+    return ', '.join(f'{f} {fmt(v)}' for f, v in row['torch_ips_by_format'].items()) or '-'
+
+
 def tables(rows, args) -> str:
-    torch_name = 'off' if args.no_torch else (f'torch {__import__("torch").__version__} on {args.torch_device}'
-                                             + (', channels_last' if args.channels_last else ''))
+    torch_name = 'off' if not args.torch_formats else (
+        f'torch {__import__("torch").__version__} on {args.torch_device}, {args.torch_bn} BN, memory formats '
+        f'{" and ".join(args.torch_formats)} (torch img/s: the faster one, which JAX/torch divides by)')
     out = [f'### Step benchmark ({time.strftime("%Y-%m-%d %H:%M")})', '',
            f'{C.machine()}; {torch_name}; pointwise={args.pointwise}; iters={args.iters} x rounds={args.rounds} '
            '(median of rounds)', '',
-           '| shape | step | path | variant | depthwise | JAX img/s | torch img/s | JAX/torch | JAX compile s '
-           '| JAX temp MB | JAX total MB | torch peak MB |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+           '| shape | step | path | variant | depthwise | JAX img/s | torch img/s | torch by format | JAX/torch '
+           '| JAX compile s | JAX temp MB | JAX total MB | torch peak MB |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         out.append(f"| {r['shape']} (b{r['batch']}) | {r['step']} | {r['path']} | {r['variant']} | {r['depthwise']} | {fmt(r['jax_ips'])} "
-                   f"| {fmt(r['torch_ips'])} | {fmt(r['ratio'], 2)} | {fmt(r['compile_s'])} | {fmt(r['jax_temp_mb'])} "
+                   f"| {fmt(r['torch_ips'])} | {by_format(r)} | {fmt(r['ratio'], 2)} | {fmt(r['compile_s'])} | {fmt(r['jax_temp_mb'])} "
                    f"| {fmt(r['jax_total_mb'])} | {fmt(r['torch_peak_mb'])} |")
     idx = {(r['shape'], r['step'], r['path'], r['variant']): r for r in rows}
     fast = []
@@ -174,7 +193,10 @@ def main():
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--depthwise', default='auto', help="'shift', 'conv' or 'auto' (see _common.depthwise_for)")
     p.add_argument('--no-torch', action='store_true', help='JAX half only')
-    p.add_argument('--channels-last', action='store_true', help='torch channels_last memory format')
+    p.add_argument('--torch-formats', default='contiguous,channels_last',
+                   help='torch memory formats, each timed in every round; JAX/torch divides by the faster')
+    p.add_argument('--torch-bn', default='stock', choices=('stock', 'parity'),
+                   help="the twin's BNs: stock nn.BatchNorm2d kernels, or the parity mode's hand-written ops")
     p.add_argument('--torch-device', default='auto', help="'cpu', 'cuda' or 'auto'")
     p.add_argument('--pointwise', default='conv', help="1x1 convs: 'conv' (nn.Conv, the default) or 'dot' (matmul: model.pointwise_impl)")
     p.add_argument('--out', default='', help='append the markdown tables to this file')
@@ -184,6 +206,10 @@ def main():
         import torch
         args.torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'
     split = lambda s: [x for x in s.split(',') if x]  # noqa: E731
+    args.torch_formats = [] if args.no_torch else split(args.torch_formats)
+    bad = set(args.torch_formats) - set(TORCH_FORMATS)
+    if bad:
+        raise SystemExit(f'unknown --torch-formats {sorted(bad)}; allowed: {", ".join(TORCH_FORMATS)}')
     cases = [(s, st, pa, 'fp32') for s in split(args.shapes) for st in split(args.steps) for pa in split(args.paths)
              if not args.skip_fp32]
     cases += [(s, st, pa, v) for s in split(args.shapes) for st in split(args.variant_steps)
