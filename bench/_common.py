@@ -54,6 +54,9 @@ def machine() -> str:
             f'({dev.device_kind}, {jax.device_count()} device(s))')
 
 
+# the torch twin's memory formats: NCHW, and NHWC strides (faster for torch's CPU convolutions)
+TORCH_FORMATS = ('contiguous', 'channels_last')
+
 # remat: per cell; remat_branch: per candidate op; unroll: the cells' edge scans unrolled; +mat_grads: with
 # model.materialize_edge_grads
 VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch', 'unroll', 'remat_branch+mat_grads')

@@ -31,9 +31,6 @@ from asose_jax import ops  # noqa: E402
 from asose_jax.genotype import PRIMITIVES  # noqa: E402
 from bench import _common as C  # noqa: E402
 
-TORCH_FORMATS = ('contiguous', 'channels_last')
-
-
 def jax_op(prim: str, x: np.ndarray, stride: int, depthwise: str, pointwise: str):
     """A closure running `iters` jitted forward + backward passes of one op (train mode)."""
     c = x.shape[-1]
@@ -102,8 +99,8 @@ def main():
     names = [q for q in args.ops.split(',') if q]
     unknown = set(names) - set(PRIMITIVES) - {'bn'}
     formats = [f for f in args.torch_formats.split(',') if f]
-    if unknown or not formats or set(formats) - set(TORCH_FORMATS):
-        raise SystemExit(f'--ops from {PRIMITIVES + ("bn",)}, --torch-formats from {TORCH_FORMATS}')
+    if unknown or not formats or set(formats) - set(C.TORCH_FORMATS):
+        raise SystemExit(f'--ops from {PRIMITIVES + ("bn",)}, --torch-formats from {C.TORCH_FORMATS}')
     c, _, batch, size = C.SHAPES[args.shape]
     x = np.random.default_rng(0).standard_normal((batch, size, size, c), np.float32)
     depthwise = C.depthwise_for(args.depthwise)

@@ -28,9 +28,6 @@ import numpy as np  # noqa: E402
 from bench import _common as C  # noqa: E402
 
 
-TORCH_FORMATS = ('contiguous', 'channels_last')
-
-
 def torch_runner(spec, variables, batch_size, size, which, path, memory_format, device, bn='stock'):
     """A closure running `iters` torch steps; built from parity.* (the PyTorch twin) in `memory_format`
     ('contiguous': NCHW, or 'channels_last': NHWC strides, faster for torch's CPU convolutions).
@@ -207,9 +204,9 @@ def main():
         args.torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'
     split = lambda s: [x for x in s.split(',') if x]  # noqa: E731
     args.torch_formats = [] if args.no_torch else split(args.torch_formats)
-    bad = set(args.torch_formats) - set(TORCH_FORMATS)
+    bad = set(args.torch_formats) - set(C.TORCH_FORMATS)
     if bad:
-        raise SystemExit(f'unknown --torch-formats {sorted(bad)}; allowed: {", ".join(TORCH_FORMATS)}')
+        raise SystemExit(f'unknown --torch-formats {sorted(bad)}; allowed: {", ".join(C.TORCH_FORMATS)}')
     cases = [(s, st, pa, 'fp32') for s in split(args.shapes) for st in split(args.steps) for pa in split(args.paths)
              if not args.skip_fp32]
     cases += [(s, st, pa, v) for s in split(args.shapes) for st in split(args.variant_steps)
