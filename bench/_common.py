@@ -57,6 +57,15 @@ def machine() -> str:
 # the torch twin's memory formats: NCHW, and NHWC strides (faster for torch's CPU convolutions)
 TORCH_FORMATS = ('contiguous', 'channels_last')
 
+
+def torch_formats(text: str) -> list[str]:
+    """Parses a --torch-formats value (comma-separated TORCH_FORMATS)."""
+    formats = [f for f in text.split(',') if f]
+    bad = set(formats) - set(TORCH_FORMATS)
+    if bad or not formats:
+        raise SystemExit(f'--torch-formats {text!r}: one or more of {", ".join(TORCH_FORMATS)}')
+    return formats
+
 # remat: per cell; remat_branch: per candidate op; unroll: the cells' edge scans unrolled; +mat_grads: with
 # model.materialize_edge_grads
 VARIANTS = ('fp32', 'bf16', 'remat', 'remat_branch', 'unroll', 'remat_branch+mat_grads')

@@ -62,9 +62,7 @@ def torch_op(prim: str, x: np.ndarray, stride: int, memory_format: str):
 
     c = x.shape[-1]
     m = torch.nn.BatchNorm2d(c) if prim == 'bn' else torch_ops.make_op(prim, c, stride, False, search=True)
-    for mod in m.modules():
-        if isinstance(mod, torch_ops.BatchNorm):
-            mod.running_var_mode = 'unbiased'  # stock BN kernels, as a torch user's code runs
+    torch_ops.set_running_var_mode(m, 'unbiased')  # stock BN kernels, as a torch user's code runs
     fmt = torch.channels_last if memory_format == 'channels_last' else torch.contiguous_format
     m = m.to(memory_format=fmt).train()
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=fmt).requires_grad_(True)
@@ -97,10 +95,9 @@ def main():
     if args.shape not in C.SHAPES:
         raise SystemExit(f'unknown shape {args.shape!r}; allowed: {sorted(C.SHAPES)}')
     names = [q for q in args.ops.split(',') if q]
-    unknown = set(names) - set(PRIMITIVES) - {'bn'}
-    formats = [f for f in args.torch_formats.split(',') if f]
-    if unknown or not formats or set(formats) - set(C.TORCH_FORMATS):
-        raise SystemExit(f'--ops from {PRIMITIVES + ("bn",)}, --torch-formats from {C.TORCH_FORMATS}')
+    if set(names) - set(PRIMITIVES) - {'bn'}:
+        raise SystemExit(f'--ops {args.ops!r}: from {", ".join(PRIMITIVES + ("bn",))}')
+    formats = C.torch_formats(args.torch_formats)
     c, _, batch, size = C.SHAPES[args.shape]
     x = np.random.default_rng(0).standard_normal((batch, size, size, c), np.float32)
     depthwise = C.depthwise_for(args.depthwise)

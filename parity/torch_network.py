@@ -16,7 +16,8 @@ from torch import nn
 from asose_jax.cells import input_edges, node_edges
 from asose_jax.network import CELL_TYPES
 from asose_jax.spec import NetworkSpec
-from parity.torch_ops import RUNNING_VAR_MODES, BatchNorm, FactorizedReduce, ReLUConvBN, conv, make_op
+from parity.torch_ops import (BatchNorm, FactorizedReduce, ReLUConvBN, conv, make_op,
+                              set_running_var_mode)
 
 
 def drop_path(x, rate: float, training: bool):
@@ -107,8 +108,6 @@ class TorchSearchNetwork(nn.Module):
 
     def __init__(self, spec: NetworkSpec, running_var: str = 'biased'):
         super().__init__()
-        if running_var not in RUNNING_VAR_MODES:
-            raise ValueError(f'running_var={running_var!r}; allowed: {RUNNING_VAR_MODES}')
         self.spec = spec
         self.stem_conv = conv(3, spec.stem_C, 3, 1, 1)
         self.stem_bn = BatchNorm(spec.stem_C, affine=True)
@@ -131,9 +130,7 @@ class TorchSearchNetwork(nn.Module):
         self.classifier = nn.Linear(c1, spec.num_classes)
         self.arch = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(spec.num_edges, spec.num_ops))
                                       for t in CELL_TYPES})
-        for m in self.modules():
-            if isinstance(m, BatchNorm):
-                m.running_var_mode = running_var
+        set_running_var_mode(self, running_var)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Everything but the arch logits (the weight optimiser's parameters)."""

@@ -39,6 +39,15 @@ class BatchNorm(nn.BatchNorm2d):
         return y
 
 
+def set_running_var_mode(module: nn.Module, mode: str) -> None:
+    """Sets the running-variance mode of every BatchNorm in `module` ('biased': Flax's, 'unbiased': stock torch)."""
+    if mode not in RUNNING_VAR_MODES:
+        raise ValueError(f'running_var={mode!r}; allowed: {RUNNING_VAR_MODES}')
+    for m in module.modules():
+        if isinstance(m, BatchNorm):
+            m.running_var_mode = mode
+
+
 def conv(C_in: int, C_out: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
          groups: int = 1) -> nn.Conv2d:
     return nn.Conv2d(C_in, C_out, kernel, stride, padding, dilation, groups=groups, bias=False)

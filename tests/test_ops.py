@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,14 +82,21 @@ def test_depthwise_shift_equals_grouped_conv(k, stride, pad, dil, size):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_shift_backward_keeps_no_shifted_copies():
-    """The shift form's gradient holds a few activations of temporary memory, not one per tap (a 5x5
-    kernel has 25; plain autodiff kept them all, which ran the DARTS-shape step out of memory)."""
+@functools.cache
+def _shift_5x5_gradient():
+    """(input, compiled gradient) of a 5x5 `shift` depthwise conv, compiled once for the tests below."""
     x = jnp.zeros((8, 16, 16, 8))
     module = DepthwiseConv(5, 1, 2, 1, impl='shift')
     variables = module.init(jax.random.key(0), x)
     grad = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1)))
-    temp = grad.lower(variables, x).compile().memory_analysis().temp_size_in_bytes
+    return x, grad.lower(variables, x).compile()
+
+
+def test_depthwise_shift_backward_keeps_no_shifted_copies():
+    """The shift form's gradient holds a few activations of temporary memory, not one per tap (a 5x5
+    kernel has 25; plain autodiff kept them all, which ran the DARTS-shape step out of memory)."""
+    x, compiled = _shift_5x5_gradient()
+    temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 6 * x.nbytes, (temp, x.nbytes)
 
 
@@ -95,11 +104,7 @@ def test_depthwise_shift_kernel_gradient_is_one_fused_pass():
     """All k*k taps of the kernel gradient are summed in one fusion (per-image sums, one per tap) that reads
     x and g directly: no per-tap loop or materialised window (a tap-at-a-time loop ran the CPU DilConv
     gradient 1.42x slower, bench/RESULTS.md)."""
-    x = jnp.zeros((8, 16, 16, 8))
-    module = DepthwiseConv(5, 1, 2, 1, impl='shift')
-    variables = module.init(jax.random.key(0), x)
-    grad = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1)))
-    hlo = grad.lower(variables, x).compile().as_text()
+    hlo = _shift_5x5_gradient()[1].as_text()
     out_types = [line.split(' = ', 1)[1].split(' fusion(', 1)[0] for line in hlo.splitlines()
                  if ' fusion(' in line and ' = ' in line]
     fused = [t for t in out_types if t.count('f32[8,8]') == 25]  # a tuple of 25 per-image [N, C] sums
