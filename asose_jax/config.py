@@ -20,9 +20,12 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(
-        source='tfds',            # one of SOURCES
+        source='download',        # one of SOURCES; download: the official tarball, fetched once into the cache
         dataset=dataset,
         dir='',                   # cifar_dir: the python-layout folder; tfds: optional data_dir
+        cache_dir='',             # download: '' = $ASOSE_DATA_CACHE, else ~/.cache/asose_jax/data
+        url='',                   # download: '' = the official URL (a mirror must serve the same file)
+        md5='',                   # download: '' = the official archive's md5
         train_portion=0.5,        # weight half / arch half of the training set
         split_seed=0,
         cutout=0,                 # search: no cutout (DARTS); optimize has its own
@@ -179,6 +182,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(d.dataset in DATASETS, 'data.dataset', d.dataset, str(tuple(DATASETS)))
     if d.source == 'cifar_dir':
         _check(bool(d.dir), 'data.dir', d.dir, 'a folder in the official CIFAR python layout')
+    _check(d.source != 'download' or not d.dir, 'data.dir', d.dir,
+           "'' with data.source=download (a folder of your own: add --config.data.source=cifar_dir)")
+    _check(not d.md5 or (len(d.md5) == 32 and all(ch in '0123456789abcdefABCDEF' for ch in d.md5)), 'data.md5',
+           d.md5, "'' (the official archive's) or 32 hex digits")
     _check(0.0 < d.train_portion < 1.0, 'data.train_portion', d.train_portion, 'a fraction in (0, 1)')
     _check(d.cutout >= 0, 'data.cutout', d.cutout, 'an integer >= 0 (0 = off)')
     _check(d.image_size >= 8 and d.image_size % 4 == 0 and (d.source == 'synthetic' or 32 % d.image_size == 0),

@@ -1,4 +1,5 @@
-"""CIFAR data: sources (tfds, official python-layout folder, synthetic), the weight/arch split,
+"""CIFAR data: sources (the official tarball downloaded into a cache, an official python-layout folder,
+tfds, synthetic), the weight/arch split,
 device-resident uint8 arrays and jit-side augmentation.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCES = ('cifar_dir', 'tfds', 'synthetic')
+SOURCES = ('download', 'cifar_dir', 'tfds', 'synthetic')
 DATASETS = {'cifar10': 10, 'cifar100': 100}
 CIFAR_MEAN = np.array([0.49139968, 0.48215827, 0.44653124], np.float32)
 CIFAR_STD = np.array([0.24703233, 0.24348505, 0.26158768], np.float32)
@@ -55,20 +56,30 @@ def _batch_arrays(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def load_cifar_dir(path: str, dataset: str = 'cifar10') -> Dataset:
-    """Reads the official CIFAR python layout (cifar-10: data_batch_*, test_batch, batches.meta;
-    cifar-100: train, test, meta)."""
+def check_layout(path: str, dataset: str, what: str = 'data.dir') -> tuple[list[str], list[str], str, bytes]:
+    """The (train files, test files, meta file, label key) of an official CIFAR python-layout folder
+    (cifar-10: data_batch_*, test_batch, batches.meta; cifar-100: train, test, meta with fine labels);
+    a DataError naming `what` and the missing files otherwise."""
     if not os.path.isdir(path):
-        raise DataError(f'data.dir {path!r} is not a folder (expected the CIFAR python layout)')
+        raise DataError(f'{what} {path!r} is not a folder (expected the CIFAR python layout)')
     names = sorted(os.listdir(path))
     if dataset == 'cifar10':
         train_files = [n for n in names if n.startswith('data_batch_')]
         test_files, meta, label_key = ['test_batch'], 'batches.meta', b'labels'
+        missing = [n for n in (meta, *test_files) if n not in names] + ([] if train_files else ['data_batch_*'])
     else:
         train_files, test_files, meta, label_key = ['train'], ['test'], 'meta', b'fine_labels'
-    missing = [n for n in [meta] + test_files if n not in names] + ([] if train_files else ['data_batch_*'])
+        missing = [n for n in (meta, *train_files, *test_files) if n not in names]
     if missing:
-        raise DataError(f'data.dir {path!r} lacks {missing} of the official {dataset} python layout')
+        folder = 'cifar-10-batches-py' if dataset == 'cifar10' else 'cifar-100-python'
+        raise DataError(f'{what} {path!r} lacks {missing} of the official {dataset} python layout (it holds '
+                        f'{names[:8]}); point --config.data.dir at the {folder} folder of the official tarball')
+    return train_files, test_files, meta, label_key
+
+
+def load_cifar_dir(path: str, dataset: str = 'cifar10') -> Dataset:
+    """Reads the official CIFAR python layout (`check_layout`)."""
+    train_files, test_files, meta, label_key = check_layout(path, dataset)
     _unpickle(os.path.join(path, meta))
     train = [_batch_arrays(os.path.join(path, n), label_key) for n in train_files]
     test = [_batch_arrays(os.path.join(path, n), label_key) for n in test_files]
@@ -117,7 +128,10 @@ def synthetic(num_train: int, num_test: int, num_classes: int, seed: int = 0, im
 
 def load(cfg) -> Dataset:
     """Loads the dataset named by the config's data section (validated beforehand)."""
-    if cfg.source == 'cifar_dir':
+    if cfg.source == 'download':
+        from asose_jax import download  # noqa: PLC0415 (download imports this module)
+        ds = load_cifar_dir(download.ensure_cifar(cfg.dataset, cfg.cache_dir, cfg.url, cfg.md5), cfg.dataset)
+    elif cfg.source == 'cifar_dir':
         ds = load_cifar_dir(cfg.dir, cfg.dataset)
     elif cfg.source == 'tfds':
         ds = load_tfds(cfg.dataset, cfg.dir or None)

@@ -178,6 +178,9 @@ def main(argv):
     except phases.Interrupted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + getattr(signal, phases.STOP['signal'] or 'SIGTERM'))
+    except (config_lib.ConfigError, data_lib.DataError) as e:  # a bad value or data: its message says what to do
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == '__main__':
