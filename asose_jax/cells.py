@@ -31,9 +31,10 @@ class MixedOp(nn.Module):
     gated: Sequence[str] = ()
     drop_path_rate: float = 0.0
     remat_branch: bool = False  # recompute each op in the backward pass
+    pool_bn: bool = True  # DARTS follows pools with a non-affine BN; NAS-Bench-201 does not
 
     def setup(self):
-        self.ops = [make_op(p, self.C, self.stride, affine=False, search=True,
+        self.ops = [make_op(p, self.C, self.stride, affine=False, search=self.pool_bn,
                             depthwise_impl=self.depthwise_impl, name=p) for p in self.primitives]
         self.gates = {p: self.param(f'gate_{p}', nn.initializers.zeros, ()) for p in self.gated}
 

@@ -78,8 +78,14 @@ def fixed_network_complexity(genotype: Genotype, C: int = 36, layers: int = 20, 
     'params' excludes the auxiliary head (as DARTS' count_parameters_in_MB does); MACs are of the
     eval-mode forward, which does not run the auxiliary head.
     """
-    model = FixedNetwork(genotype, C=C, layers=layers, num_classes=num_classes, stem_multiplier=stem_multiplier,
-                         auxiliary=auxiliary, depthwise_impl='conv')
+    return model_complexity(FixedNetwork(genotype, C=C, layers=layers, num_classes=num_classes,
+                                         stem_multiplier=stem_multiplier, auxiliary=auxiliary, depthwise_impl='conv'),
+                            image_size)
+
+
+def model_complexity(model, image_size: int = 32) -> dict:
+    """`fixed_network_complexity` of any fixed network called as `(x, train) -> (logits, aux)`: the
+    DARTS FixedNetwork or the NAS-Bench-201 one."""
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     key = jax.random.key(0)
     variables = jax.eval_shape(lambda k, x: model.init({'params': k, 'dropout': k}, x, train=True), key, x)

@@ -7,13 +7,15 @@ import ml_collections
 from asose_jax import stability
 from asose_jax.data import DATASETS, SOURCES
 from asose_jax.genotype import PRIMITIVES
+from asose_jax.nb201_genotype import NB201_OPS
 from asose_jax.gumbel import SCHEDULES
 from asose_jax.ops import DEPTHWISE_IMPLS, POINTWISE_IMPLS
 from asose_jax.optim import ArchOptConfig, WeightOptConfig
-from asose_jax.spec import NetworkSpec
+from asose_jax.spec import SPACES, NetworkSpec
 from asose_jax.steps import COMPUTE_DTYPES, SearchStepConfig
 
 EVAL_MODES = ('softmax', 'argmax')
+SEARCH_SAMPLING = ('gumbel', 'softmax')
 
 
 def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
@@ -36,7 +38,9 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         max_test=0,
         eval_batch_size=256,
     )
-    c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
+    c.model = dict(space='darts',            # 'darts' | 'nb201' (NAS-Bench-201 cells and macro network)
+                   C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
+                   cells_per_stage=5,        # nb201: N cells in each of the three stages
                    primitives=list(PRIMITIVES), depthwise_impl='conv',
                    pointwise_impl='conv',    # 'dot': 1x1 convs as matmuls (N=8 GPU sweep 1.40x, CPU DARTS shape
                                              # 3.1x; the unoptimised CPU test compiles are slower; at the DARTS
@@ -53,6 +57,8 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         warmup_epochs=10,
         search_epochs=50,
         arch_every=1,             # one arch step per this many weight steps
+        sampling='gumbel',        # arch steps' edge weights: 'gumbel' samples, 'softmax' (DARTS, no noise)
+        beta_reg=0.0,             # beta-DARTS beta-decay weight on the arch loss (ramped 0 -> this over the search)
         hard=True,                # straight-through one-hot Gumbel samples
         single_path=True,         # evaluate only the sampled op (GDAS); needs hard
         tau_max=10.0,
@@ -155,6 +161,45 @@ def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     c.optimize.cutout = 0
 
 
+def nb201_config(arg: str | None, dataset: str = 'cifar10') -> ml_collections.ConfigDict:
+    """NAS-Bench-201 search. The default is the benchmark's GDAS protocol (AutoDL-Projects
+    `configs/nas-benchmark/algos/GDAS.config` and `scripts-search/NAS-Bench-201-algos/GDAS.sh`): the
+    CIFAR-10 training set split in halves, C=16, N=5 cells per stage, batch 64, 250 epochs, SGD 0.025
+    cosine to 0.001, momentum 0.9, wd 5e-4 (the benchmark adds Nesterov momentum, not done here), clip 5;
+    arch Adam 3e-4, betas (0.5, 0.999), wd 1e-3; Gumbel tau 10 -> 0.1 linearly. The optimize phase is
+    the benchmark's training: 200 epochs, batch 256, SGD 0.1 cosine to 0, wd 5e-4 (Nesterov not done).
+    'smoke': the CPU-sized search on the bundled real-image subset (see nb201_smoke_overrides)."""
+    c = base_config(dataset=dataset)
+    c.model.update(dict(space='nb201', C=16, cells_per_stage=5, primitives=list(NB201_OPS)))
+    c.search.update(dict(batch_size=64, warmup_epochs=0, search_epochs=250, hard=True, single_path=True,
+                         tau_max=10.0, tau_min=0.1, tau_schedule='linear'))
+    c.weight_optim.update(dict(lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=5e-4, grad_clip=5.0))
+    c.arch_optim.update(dict(lr=3e-4, b1=0.5, b2=0.999, weight_decay=1e-3))
+    c.optimize.update(dict(epochs=200, batch_size=256, lr=0.1, lr_min=0.0, weight_decay=5e-4, cutout=0,
+                           C=0, layers=0, depthwise_impl='conv'))
+    c.monitor.max_param_free = 3   # of the cell's 6 edges
+    if arg == 'smoke':
+        nb201_smoke_overrides(c)
+    elif arg:
+        raise ValueError(f'configs/nb201.py: unknown variant {arg!r}; allowed: smoke')
+    return c
+
+
+def nb201_smoke_overrides(c: ml_collections.ConfigDict) -> None:
+    """The CPU-sized NAS-Bench-201 search on the bundled CIFAR-10 subset (16x16 images, a small supernet);
+    judged by the benchmark's ground truth (summary.json), so the optimize phase is short."""
+    c.data.source = 'cifar_dir'
+    c.data.dir = '../shared/data/cifar10-subset'
+    c.data.eval_batch_size = 512
+    c.data.image_size = 16
+    c.model.C = 8
+    c.model.cells_per_stage = 1
+    c.model.pointwise_impl = 'dot'
+    c.search.warmup_epochs = 2
+    c.search.search_epochs = 20
+    c.optimize.update(dict(epochs=4, batch_size=64, lr=0.05))
+
+
 def variant_config(dataset: str, arg: str | None, config_file: str) -> ml_collections.ConfigDict:
     """The body of every `configs/<dataset>.py:get_config(arg)`: the base config, or a smoke variant."""
     c = base_config(dataset=dataset)
@@ -199,9 +244,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(m.steps >= 1, 'model.steps', m.steps, 'an integer >= 1')
     _check(1 <= m.multiplier <= m.steps, 'model.multiplier', m.multiplier, f'1..model.steps ({m.steps})')
     _check(m.stem_multiplier >= 1, 'model.stem_multiplier', m.stem_multiplier, 'an integer >= 1')
-    bad = [p for p in m.primitives if p not in PRIMITIVES]
+    _check(m.space in SPACES, 'model.space', m.space, str(tuple(SPACES)))
+    ops = SPACES[m.space]
+    bad = [p for p in m.primitives if p not in ops]
     _check(not bad and len(m.primitives) >= 1 and len(set(m.primitives)) == len(m.primitives),
-           'model.primitives', list(m.primitives), f'distinct names from {list(PRIMITIVES)}')
+           'model.primitives', list(m.primitives), f'distinct names from {list(ops)} (space {m.space!r})')
+    if m.space == 'nb201':
+        _check(m.cells_per_stage >= 1, 'model.cells_per_stage', m.cells_per_stage, 'an integer >= 1')
+        _check(c.growth.trigger == 'none' and c.monitor.on_plateau != 'grow', 'growth.trigger/monitor.on_plateau',
+               (c.growth.trigger, c.monitor.on_plateau), "'none' for model.space='nb201' (growth of NAS-Bench-201 "
+               'networks is not implemented)')
     _check(any(p != 'none' for p in m.primitives), 'model.primitives', list(m.primitives),
            "at least one op other than 'none' (derive picks the strongest non-none op)")
     _check(m.depthwise_impl in DEPTHWISE_IMPLS, 'model.depthwise_impl', m.depthwise_impl, str(DEPTHWISE_IMPLS))
@@ -225,6 +277,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(s.tau_max > 0 and s.tau_min > 0, 'search.tau_max/tau_min', (s.tau_max, s.tau_min), 'positive numbers')
     _check(s.tau_schedule in SCHEDULES, 'search.tau_schedule', s.tau_schedule, str(SCHEDULES))
     _check(s.eval_mode in EVAL_MODES, 'search.eval_mode', s.eval_mode, str(EVAL_MODES))
+    _check(s.sampling in SEARCH_SAMPLING, 'search.sampling', s.sampling, str(SEARCH_SAMPLING))
+    _check(s.sampling == 'gumbel' or not s.hard, 'search.hard', s.hard,
+           "False with search.sampling='softmax' (the softmax mixture has no one-hot sample)")
+    _check(s.beta_reg >= 0, 'search.beta_reg', s.beta_reg, 'a number >= 0 (0 = off)')
     w, a = c.weight_optim, c.arch_optim
     _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, 'weight_optim.lr/lr_min', (w.lr, w.lr_min), 'lr > 0, 0 <= lr_min <= lr')
     _check(0 <= w.momentum < 1, 'weight_optim.momentum', w.momentum, '[0, 1)')
@@ -290,6 +346,9 @@ def _validate_monitor(c: ml_collections.ConfigDict) -> None:
 
 def network_spec(c: ml_collections.ConfigDict) -> NetworkSpec:
     m = c.model
+    if m.space == 'nb201':
+        return NetworkSpec.nb201(C=m.C, cells_per_stage=m.cells_per_stage, num_classes=DATASETS[c.data.dataset],
+                                 primitives=tuple(m.primitives))
     return NetworkSpec.darts(C=m.C, layers=m.layers, num_classes=DATASETS[c.data.dataset], steps=m.steps,
                              multiplier=m.multiplier, stem_multiplier=m.stem_multiplier,
                              primitives=tuple(m.primitives))
@@ -300,7 +359,8 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
     annealed over the search epochs (`n_batches` weight steps each) from the step after warmup."""
     s = c.search
     return SearchStepConfig(
-        sampling='uniform' if phase == 'warmup' else 'gumbel', hard=s.hard, single_path=s.single_path,
+        sampling='uniform' if phase == 'warmup' else s.sampling, hard=s.hard, single_path=s.single_path,
+        beta_reg=s.beta_reg,
         tau_max=s.tau_max, tau_min=s.tau_min, tau_schedule=s.tau_schedule,
         tau_steps=max(s.search_epochs * n_batches, 1),
         tau_start=s.warmup_epochs * n_batches if phase == 'search' else 0,

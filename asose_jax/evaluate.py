@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,10 +24,12 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
-from asose_jax import compilation, complexity, monitor, parallel, phases, visualize
+from asose_jax import compilation, complexity, monitor, nats_bench, parallel, phases, visualize
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
-from asose_jax.genotype import Genotype, load_genotype
+from asose_jax.genotype import Genotype, genotype_from_dict, load_genotype
+from asose_jax.nb201_genotype import NB201Genotype
+from asose_jax.nb201_network import NB201FixedNetwork
 from asose_jax.network import FixedNetwork, count_params
 from asose_jax.spec import NetworkSpec
 from asose_jax.optim import WeightOptConfig, arch_transform, weight_transform
@@ -57,6 +60,7 @@ class FixedTrainConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     cutout: int = 16
+    space: str = 'darts'  # 'nb201': NB201FixedNetwork(genotype, C, cells_per_stage=layers)
 
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict, num_classes: int,
@@ -64,23 +68,33 @@ class FixedTrainConfig:
         """optimize.C / optimize.layers of 0 mean the searched network's: the (possibly grown) spec's
         cell count and the widest stage's channels per DARTS doubling (FixedNetwork is uniform)."""
         o = c.optimize
-        base_C, layers = c.model.C, c.model.layers
+        nb201 = c.model.space == 'nb201'
+        base_C, layers = c.model.C, c.model.cells_per_stage if nb201 else c.model.layers
         if spec is not None:
             base_C = max(2 * ((cell.C // 2 ** level + 1) // 2) for cell, level in zip(spec.cells, spec.levels))
-            layers = spec.layers
+            layers = sum(not cell.reduction for cell in spec.cells) // 3 if nb201 else spec.layers
         return cls(C=o.C or base_C, layers=o.layers or layers, num_classes=num_classes,
                    stem_multiplier=c.model.stem_multiplier, auxiliary=o.auxiliary, aux_weight=o.aux_weight,
                    drop_path=o.drop_path, depthwise_impl=o.depthwise_impl, epochs=o.epochs,
                    batch_size=o.batch_size, eval_batch_size=c.data.eval_batch_size, lr=o.lr, lr_min=o.lr_min,
-                   momentum=o.momentum, weight_decay=o.weight_decay, grad_clip=o.grad_clip, cutout=o.cutout)
+                   momentum=o.momentum, weight_decay=o.weight_decay, grad_clip=o.grad_clip, cutout=o.cutout,
+                   space=c.model.space)
 
     def weight_opt_config(self, lr_scale: float = 1.0) -> WeightOptConfig:
         """SGD settings; lr_scale < 1 after a NaN rollback (phases.NanGuard halves it)."""
         return WeightOptConfig(lr=self.lr * lr_scale, lr_min=self.lr_min * lr_scale, momentum=self.momentum,
                                weight_decay=self.weight_decay, grad_clip=self.grad_clip)
 
-    def model(self, genotype: Genotype, drop_path: float | None = None,
-              depthwise_impl: str | None = None) -> FixedNetwork:
+    def model(self, genotype, drop_path: float | None = None, depthwise_impl: str | None = None) -> nn.Module:
+        """The network of `genotype` in this config's space (both return (logits, aux or None))."""
+        if isinstance(genotype, NB201Genotype) != (self.space == 'nb201'):
+            raise config_lib.ConfigError(
+                f'genotype {genotype} does not belong to model.space={self.space!r}: NAS-Bench-201 arch strings '
+                'train with --config configs/nb201.py (or :smoke), DARTS genotypes with configs/eval_cifar10.py')
+        if self.space == 'nb201':
+            return NB201FixedNetwork(genotype, C=self.C, cells_per_stage=self.layers, num_classes=self.num_classes,
+                                     drop_path_rate=self.drop_path if drop_path is None else drop_path,
+                                     depthwise_impl=depthwise_impl or self.depthwise_impl)
         return FixedNetwork(genotype, C=self.C, layers=self.layers, num_classes=self.num_classes,
                             stem_multiplier=self.stem_multiplier, auxiliary=self.auxiliary,
                             drop_path_rate=self.drop_path if drop_path is None else drop_path,
@@ -181,19 +195,19 @@ def state_variables(state: TrainState) -> dict:
     return {'params': state.params['weights'], 'batch_stats': state.batch_stats}
 
 
-def export(path: str, genotype: Genotype, cfg: FixedTrainConfig, variables: dict, image_size: int) -> str:
+def export(path: str, genotype: Genotype | NB201Genotype, cfg: FixedTrainConfig, variables: dict, image_size: int) -> str:
     """One orbax checkpoint: the trained variables and, as JSON, the genotype and network settings."""
     path = os.path.abspath(path)
     meta = {'format': EXPORT_FORMAT, 'genotype': genotype.to_dict(), 'image_size': image_size,
             'network': {'C': cfg.C, 'layers': cfg.layers, 'num_classes': cfg.num_classes,
-                        'stem_multiplier': cfg.stem_multiplier, 'auxiliary': cfg.auxiliary}}
+                        'stem_multiplier': cfg.stem_multiplier, 'auxiliary': cfg.auxiliary, 'space': cfg.space}}
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(path, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
     return path
 
 
-def load_exported(path: str, depthwise_impl: str = 'conv') -> tuple[FixedNetwork, dict, Genotype]:
+def load_exported(path: str, depthwise_impl: str = 'conv') -> tuple[nn.Module, dict, Genotype | NB201Genotype]:
     """Restores an `export`ed network: (model for inference, variables, genotype).
 
     `model.apply(variables, x, train=False)` returns (logits, None)."""
@@ -204,8 +218,8 @@ def load_exported(path: str, depthwise_impl: str = 'conv') -> tuple[FixedNetwork
         meta = ckptr.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
         if meta.get('format') != EXPORT_FORMAT:
             raise ValueError(f'{path}: export format {meta.get("format")!r}, expected {EXPORT_FORMAT}')
-        genotype = Genotype.from_dict(meta['genotype'])
-        model = FixedNetwork(genotype, **meta['network'], depthwise_impl=depthwise_impl)
+        genotype = genotype_from_dict(meta['genotype'])
+        model = FixedTrainConfig(**meta['network'], depthwise_impl=depthwise_impl).model(genotype)
         # shapes depend on the image size only through the auxiliary head's classifier
         abstract = jax.eval_shape(lambda k: init_variables(model, k, meta['image_size']), jax.random.key(0))
         variables = ckptr.restore(path, args=ocp.args.Composite(
@@ -227,8 +241,7 @@ def run_evaluation(c: ml_collections.ConfigDict, genotype_arg: str, workdir: str
         f.write(c.to_json_best_effort(indent=1))
     monitor.save_genotype(os.path.join(workdir, 'genotype.json'), genotype, source=genotype_arg)
     visualize.save_genotype_pictures(genotype, workdir, title=os.path.basename(genotype_arg)[:60])
-    cost = complexity.fixed_network_complexity(genotype, cfg.C, cfg.layers, cfg.num_classes,
-                                               c.data.image_size, cfg.stem_multiplier, cfg.auxiliary)
+    cost = complexity.model_complexity(cfg.model(genotype, depthwise_impl='conv'), c.data.image_size)
     print(f'{genotype}\nparams {cost["params"] / 1e6:.3f}M (+{cost["params_aux"] / 1e6:.3f}M auxiliary head), '
           f'{cost["macs"] / 1e6:.1f}M MACs at {c.data.image_size}x{c.data.image_size}', flush=True)
     t_start = time.time()
@@ -242,7 +255,7 @@ def run_evaluation(c: ml_collections.ConfigDict, genotype_arg: str, workdir: str
     summary = {'genotype': str(genotype), 'genotype_arg': genotype_arg,
                'test_acc': final.get('val_acc', float('nan')), 'test_loss': final.get('val_loss', float('nan')),
                'epochs': cfg.epochs, 'image_size': c.data.image_size, **cost,
-               'train_s': time.time() - t_start, 'export': export_path}
+               'train_s': time.time() - t_start, 'export': export_path, **nats_bench.summary_fields(genotype)}
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
         json.dump(monitor._plain(summary), f, indent=1)
     print(f"test accuracy {summary['test_acc']:.4f} after {cfg.epochs} epochs ({summary['train_s']:.0f}s); "

@@ -166,6 +166,33 @@ def derive(alphas_normal, alphas_reduce, steps: int = 4, multiplier: int = 4,
                     reduce=_parse_cell(weights['reduce'], steps, primitives), reduce_concat=concat)
 
 
+def random_genotype(rng: np.random.Generator, steps: int = 4, multiplier: int = 4,
+                    primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+    """A genotype drawn uniformly from what `derive` can return: per node two distinct inputs, each edge
+    an op other than 'none'; both cells drawn independently."""
+    ops = [p for p in primitives if p != 'none']
+
+    def cell():
+        edges = []
+        for i in range(steps):
+            for j in sorted(rng.choice(2 + i, size=2, replace=False)):
+                edges.append((ops[rng.integers(len(ops))], int(j)))
+        return tuple(edges)
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)
+
+
+def derive_arch(arch, space: str = 'darts', steps: int = 4, multiplier: int = 4,
+                primitives: Sequence[str] | None = None, max_skip: int | None = None):
+    """The discrete genotype of arch logits in either space: DARTS ({'normal', 'reduce'}, `derive`) or
+    NAS-Bench-201 ({'cell'}, `nb201_genotype.derive_nb201`)."""
+    from asose_jax.nb201_genotype import derive_nb201  # noqa: PLC0415 (nb201_genotype is a sibling leaf)
+    kw = {} if primitives is None else {'primitives': tuple(primitives)}
+    if space == 'nb201':
+        return derive_nb201(arch['cell'], max_skip=max_skip, **kw)
+    return derive(arch['normal'], arch['reduce'], steps, multiplier, max_skip=max_skip, **kw)
+
+
 @functools.cache
 def named_genotype_info() -> dict[str, dict]:
     """Published cells shipped as package data (named_genotypes.json): genotype dict, citation, figures."""
@@ -177,15 +204,26 @@ def named_genotypes() -> dict[str, Genotype]:
     return {name: Genotype.from_dict(d) for name, d in named_genotype_info().items()}
 
 
-def load_genotype(arg: str) -> Genotype:
+def genotype_from_dict(d: dict):
+    """A DARTS Genotype or, for a dict holding `nb201_arch`, a NAS-Bench-201 cell."""
+    from asose_jax.nb201_genotype import NB201Genotype  # noqa: PLC0415 (sibling leaf module)
+    return NB201Genotype.from_dict(d) if 'nb201_arch' in d else Genotype.from_dict(d)
+
+
+def load_genotype(arg: str):
     """A genotype from a published name (case-insensitive), a JSON file (genotype.json of a search
-    workdir), or a `Genotype(...)` string. Anything else is an error that lists the known names."""
+    workdir), a `Genotype(...)` string, or a NAS-Bench-201 arch string (`|op~0|+|...|`). Anything else
+    is an error that lists the known names."""
+    from asose_jax.nb201_genotype import NB201Genotype  # noqa: PLC0415
     arg = str(arg).strip()
     names = named_genotype_info()
-    known = f'known names: {sorted(names)}; or a genotype JSON file, or a Genotype(...) string'
+    known = (f'known names: {sorted(names)}; or a genotype JSON file, a Genotype(...) string or a '
+             'NAS-Bench-201 arch string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|')
     by_lower = {n.lower(): n for n in names}
     if arg.lower() in by_lower:
         return Genotype.from_dict(names[by_lower[arg.lower()]])
+    if arg.startswith('|'):
+        return NB201Genotype.from_string(arg)  # its errors name the malformed part
     if arg.startswith('Genotype('):
         try:
             return Genotype.from_string(arg)
@@ -194,7 +232,7 @@ def load_genotype(arg: str) -> Genotype:
     if os.path.isfile(arg):
         try:
             with open(arg) as f:
-                return Genotype.from_dict(json.load(f))
+                return genotype_from_dict(json.load(f))
         except (ValueError, TypeError, AttributeError) as e:
             raise ValueError(f'genotype file {arg!r} is not a genotype JSON: {e}; {known}') from e
     raise ValueError(f'genotype {arg!r} is neither a known name nor an existing file nor a Genotype(...) '

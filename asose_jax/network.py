@@ -12,15 +12,11 @@ import jax.numpy as jnp
 
 from asose_jax.cells import FixedCell, SearchCell
 from asose_jax.genotype import Genotype
-from asose_jax.ops import batch_norm, conv
+from asose_jax.nb201_network import NB201Network
+from asose_jax.ops import batch_norm, conv, stem
 from asose_jax.spec import NetworkSpec
 
-CELL_TYPES = ('normal', 'reduce')
-
-
-def stem(C: int, x, train: bool):
-    x = conv(C, 3, 1, 1, name='stem_conv')(x)
-    return batch_norm(train, affine=True, name='stem_bn')(x)
+CELL_TYPES = ('normal', 'reduce')  # of the DARTS space; NetworkSpec.cell_types gives any space's
 
 
 class SqueezeExcite(nn.Module):
@@ -116,21 +112,31 @@ class FixedNetwork(nn.Module):
         return nn.Dense(self.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2))), aux
 
 
+def search_network(spec: NetworkSpec, depthwise_impl: str = 'conv', remat: bool = False, remat_branch: bool = False,
+                   unroll_edges: bool = False, materialize_edge_grads: bool = False) -> nn.Module:
+    """The search network of the spec's space, called as `(x, edge_weights, train, single_path) -> logits`.
+    The DARTS-only execution forms (remat per cell, edge-scan forms) do not apply to NAS-Bench-201 cells."""
+    if spec.space == 'nb201':
+        return NB201Network(spec, depthwise_impl=depthwise_impl, remat_branch=remat_branch)
+    return SearchNetwork(spec, depthwise_impl, remat=remat, remat_branch=remat_branch, unroll_edges=unroll_edges,
+                         materialize_edge_grads=materialize_edge_grads)
+
+
 def init_arch_logits(spec: NetworkSpec, key) -> dict:
     """DARTS init: 1e-3 * N(0, 1), one [edges, ops] array per cell type."""
-    keys = jax.random.split(key, len(CELL_TYPES))
-    return {t: 1e-3 * jax.random.normal(k, (spec.num_edges, spec.num_ops)) for t, k in zip(CELL_TYPES, keys)}
+    keys = jax.random.split(key, len(spec.cell_types))
+    return {t: 1e-3 * jax.random.normal(k, (spec.num_edges, spec.num_ops)) for t, k in zip(spec.cell_types, keys)}
 
 
 def uniform_edge_weights(spec: NetworkSpec) -> dict:
     w = jnp.full((spec.num_edges, spec.num_ops), 1.0 / spec.num_ops)
-    return {t: w for t in CELL_TYPES}
+    return {t: w for t in spec.cell_types}
 
 
 def init_search_variables(spec: NetworkSpec, key, image_size: int = 32, depthwise_impl: str = 'conv') -> dict:
-    """Variables of a SearchNetwork in the {'params': {'weights', 'arch'}, 'batch_stats'} layout."""
+    """Variables of a search network in the {'params': {'weights', 'arch'}, 'batch_stats'} layout."""
     k_net, k_arch = jax.random.split(key)
-    model = SearchNetwork(spec, depthwise_impl)
+    model = search_network(spec, depthwise_impl)
     x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
     variables = jax.jit(lambda k: model.init(k, x, uniform_edge_weights(spec), train=False))(k_net)
     return {'params': {'weights': variables['params'], 'arch': init_arch_logits(spec, k_arch)},

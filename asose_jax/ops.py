@@ -35,6 +35,12 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, dilation
                    kernel_dilation=(dilation, dilation), use_bias=False, name=name)
 
 
+def stem(C: int, x, train: bool):
+    """3x3 conv + affine BN: the stem of the DARTS and NAS-Bench-201 networks."""
+    x = conv(C, 3, 1, 1, name='stem_conv')(x)
+    return batch_norm(train, affine=True, name='stem_bn')(x)
+
+
 def _is_pointwise(m: nn.Module) -> bool:
     """A 1x1 nn.Conv without padding, dilation, groups or bias: a matmul over channels."""
     return (isinstance(m, nn.Conv) and tuple(m.kernel_size) == (1, 1) and not m.use_bias
@@ -331,8 +337,13 @@ class Pool(nn.Module):
 
 def make_op(primitive: str, C: int, stride: int, affine: bool, *, search: bool = False,
             depthwise_impl: str = 'conv', name: str | None = None) -> nn.Module:
-    """Builds one DARTS primitive. `search=True` adds the BN after pools as DARTS' MixedOp does."""
+    """Builds one DARTS or NAS-Bench-201 primitive. `search=True` adds the BN after pools as DARTS' MixedOp
+    does (NAS-Bench-201's pools have none: its cells pass search=False, in search and in evaluation)."""
     kw = dict(affine=affine, depthwise_impl=depthwise_impl, name=name)
+    if primitive == 'nor_conv_1x1':
+        return ReLUConvBN(C, 1, stride, 0, affine=affine, name=name)
+    if primitive == 'nor_conv_3x3':
+        return ReLUConvBN(C, 3, stride, 1, affine=affine, name=name)
     if primitive == 'none':
         return Zero(stride, name=name)
     if primitive == 'max_pool_3x3':

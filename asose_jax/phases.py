@@ -300,7 +300,7 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
             steps, state = parallel.maybe_parallel(c, build_steps(spec), retry)
             continue
         arch = jax.device_get(state.params['arch'])
-        guard = stability.guarded_genotype(arch, mcfg, spec.steps, spec.multiplier, spec.primitives)
+        guard = stability.guarded_genotype(arch, mcfg, spec.steps, spec.multiplier, spec.primitives, spec.space)
         g = guard.genotype
         record.update({f'entropy_{t}': monitor.arch_entropy(a) for t, a in arch.items()})
         record['arch_entropy'] = float(np.mean([record[f'entropy_{t}'] for t in arch]))

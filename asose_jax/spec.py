@@ -9,6 +9,10 @@ import json
 from typing import Sequence
 
 from asose_jax.genotype import PRIMITIVES, num_edges
+from asose_jax.nb201_genotype import EDGES as NB201_EDGES
+from asose_jax.nb201_genotype import NB201_OPS
+
+SPACES = {'darts': PRIMITIVES, 'nb201': NB201_OPS}  # search space -> the ops it allows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +35,12 @@ class CellSpec:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
-    """A DARTS search network: stem, a stack of cells, global pool, classifier."""
+    """A search network: stem, a stack of cells, global pool, classifier.
+
+    space 'darts': DARTS cells (two inputs, `steps` nodes, reductions are search cells too).
+    space 'nb201': NAS-Bench-201 cells (one input, 3 nodes, 6 edges, all cells share one logits
+    array); a `reduction` cell is the benchmark's fixed ResNet basic block (stride 2).
+    """
 
     cells: tuple[CellSpec, ...]
     stem_C: int
@@ -43,6 +52,7 @@ class NetworkSpec:
     drop_path: float = 0.0                # per-edge drop-path in train mode (regularise growth)
     dropout: float = 0.0                  # before the classifier in train mode
     growth_history: tuple[str, ...] = ()  # JSON strings, one per growth event (hashable)
+    space: str = 'darts'
 
     def __post_init__(self):
         object.__setattr__(self, 'cells', tuple(
@@ -50,9 +60,12 @@ class NetworkSpec:
         object.__setattr__(self, 'primitives', tuple(self.primitives))
         object.__setattr__(self, 'branch_ops', tuple(self.branch_ops))
         object.__setattr__(self, 'growth_history', tuple(self.growth_history))
-        unknown = [p for p in self.primitives if p not in PRIMITIVES]
+        if self.space not in SPACES:
+            raise ValueError(f'model.space={self.space!r}; allowed: {list(SPACES)}')
+        unknown = [p for p in self.primitives if p not in SPACES[self.space]]
         if unknown:
-            raise ValueError(f'model.primitives: unknown ops {unknown}; allowed: {list(PRIMITIVES)}')
+            raise ValueError(f'model.primitives: unknown ops {unknown} for space {self.space!r}; '
+                             f'allowed: {list(SPACES[self.space])}')
         if len(set(self.primitives)) != len(self.primitives):
             raise ValueError(f'model.primitives: duplicates in {list(self.primitives)}')
         stray = [p for p in self.branch_ops if p not in self.primitives]
@@ -89,9 +102,29 @@ class NetworkSpec:
         return cls(cells=tuple(cells), stem_C=stem_multiplier * C, num_classes=num_classes,
                    steps=steps, multiplier=multiplier, primitives=tuple(primitives))
 
+    @classmethod
+    def nb201(cls, C: int = 16, cells_per_stage: int = 5, num_classes: int = 10,
+              primitives: Sequence[str] = NB201_OPS) -> 'NetworkSpec':
+        """The NAS-Bench-201 macro network: stem (C), three stages of N cells at C, 2C, 4C, a ResNet
+        basic block (stride 2) between stages."""
+        if cells_per_stage < 1:
+            raise ValueError(f'model.cells_per_stage must be >= 1, got {cells_per_stage}')
+        cells = []
+        for stage in range(3):
+            if stage:
+                cells.append(CellSpec(C=C * 2 ** stage, reduction=True))
+            cells += [CellSpec(C=C * 2 ** stage)] * cells_per_stage
+        return cls(cells=tuple(cells), stem_C=C, num_classes=num_classes, steps=len(NB201_EDGES) // 2,
+                   multiplier=1, primitives=tuple(primitives), space='nb201')
+
     @property
     def num_edges(self) -> int:
-        return num_edges(self.steps)
+        return len(NB201_EDGES) if self.space == 'nb201' else num_edges(self.steps)
+
+    @property
+    def cell_types(self) -> tuple[str, ...]:
+        """The arch logits' keys: one [edges, ops] array per cell type."""
+        return ('cell',) if self.space == 'nb201' else ('normal', 'reduce')
 
     @property
     def num_ops(self) -> int:

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from asose_jax.genotype import PARAMETER_FREE, Genotype, derive
+from asose_jax.genotype import PARAMETER_FREE, Genotype, derive_arch
 
 ON_OSCILLATION = ('none', 'lower_arch_lr', 'raise_tau')
 ON_PLATEAU = ('none', 'grow')
@@ -268,16 +268,15 @@ class Guarded:
 
 
 def guarded_genotype(arch: Mapping, cfg: MonitorConfig, steps: int = 4, multiplier: int = 4,
-                     primitives: Sequence[str] | None = None) -> Guarded:
-    """Derives the genotype of `arch` ({'normal', 'reduce'} logits) with the collapse guard.
+                     primitives: Sequence[str] | None = None, space: str = 'darts') -> Guarded:
+    """Derives the genotype of `arch` (DARTS: {'normal', 'reduce'} logits; NAS-Bench-201: {'cell'})
+    with the collapse guard.
 
     With `collapse_remedy='cap_skip'` a collapsed normal cell is re-derived with at most
     `max_skip` skip_connects (P-DARTS); other remedies leave the derivation alone.
     """
-    kw = {} if primitives is None else {'primitives': tuple(primitives)}
-    raw = derive(arch['normal'], arch['reduce'], steps, multiplier, **kw)
+    raw = derive_arch(arch, space, steps, multiplier, primitives)
     cond = collapse(raw, cfg)
     if cond is None or cfg.collapse_remedy != 'cap_skip':
         return Guarded(raw, raw, cond, False)
-    capped = derive(arch['normal'], arch['reduce'], steps, multiplier, max_skip=cfg.max_skip, **kw)
-    return Guarded(capped, raw, cond, True)
+    return Guarded(derive_arch(arch, space, steps, multiplier, primitives, cfg.max_skip), raw, cond, True)

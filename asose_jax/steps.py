@@ -15,7 +15,7 @@ import optax
 from asose_jax import gumbel
 from asose_jax.compilation import rarely_run
 from asose_jax.data import augment, normalize
-from asose_jax.network import CELL_TYPES, FixedNetwork, SearchNetwork
+from asose_jax.network import FixedNetwork, search_network
 from asose_jax.ops import POINTWISE_IMPLS, pointwise
 from asose_jax.spec import NetworkSpec
 from asose_jax.train_state import TrainState
@@ -24,8 +24,11 @@ from asose_jax.train_state import TrainState
 class SearchStepConfig:
     """Static settings of one phase's search steps (part of the compile key).
 
-    sampling: 'gumbel' draws edge weights from the logits; 'uniform' ignores them (warmup): the
-      exact 1/K mixture when soft, a uniformly drawn single op per edge when hard.
+    sampling: 'gumbel' draws edge weights from the logits; 'softmax' takes softmax(logits), no noise
+      (DARTS; `hard`/`single_path` do not apply); 'uniform' ignores them (warmup): the exact 1/K
+      mixture when soft, a uniformly drawn single op per edge when hard.
+    beta_reg: weight of beta-decay regularisation (beta-DARTS) in the arch loss, the mean over edges
+      of logsumexp(logits), ramped linearly from 0 at the schedule's start to this at `tau_steps`.
     hard: straight-through one-hot samples; single_path: evaluate only the sampled op per edge.
     unrolled: second-order arch gradient through one virtual SGD step of lr `unrolled_lr`.
     eval_mode: 'softmax' (DARTS mixture) or 'argmax' (the derived op per edge, single path).
@@ -51,6 +54,7 @@ class SearchStepConfig:
     remat_branch: bool = False      # nn.remat per candidate op (cells.MixedOp)
     unroll_edges: bool = False      # unroll the cells' edge scans (cells.SearchCell)
     materialize_edge_grads: bool = False  # cells.materialized_cotangent on each edge's input
+    beta_reg: float = 0.0
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -82,8 +86,10 @@ def cross_entropy(logits, labels, mask=None):
 def edge_weights(cfg: SearchStepConfig, arch: dict, key, step):
     """Edge weights for a train step and the temperature used."""
     tau = gumbel.temperature(step - cfg.tau_start, cfg.tau_steps, cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+    if cfg.sampling == 'softmax':
+        return {t: jax.nn.softmax(a, -1) for t, a in arch.items()}, tau
     if cfg.sampling == 'uniform':
-        zeros = {t: jnp.zeros_like(arch[t]) for t in CELL_TYPES}
+        zeros = {t: jnp.zeros_like(a) for t, a in arch.items()}
         if not cfg.hard:
             return {t: jax.nn.softmax(z, -1) for t, z in zeros.items()}, tau
         return gumbel.sample_tree(key, zeros, 1.0, hard=True), tau
@@ -92,8 +98,18 @@ def edge_weights(cfg: SearchStepConfig, arch: dict, key, step):
 
 def eval_edge_weights(cfg: SearchStepConfig, arch: dict):
     if cfg.eval_mode == 'argmax':
-        return {t: jax.nn.one_hot(jnp.argmax(arch[t], -1), arch[t].shape[-1]) for t in CELL_TYPES}
-    return {t: jax.nn.softmax(arch[t], -1) for t in CELL_TYPES}
+        return {t: jax.nn.one_hot(jnp.argmax(a, -1), a.shape[-1]) for t, a in arch.items()}
+    return {t: jax.nn.softmax(a, -1) for t, a in arch.items()}
+
+
+def beta_penalty(cfg: SearchStepConfig, arch: dict, step):
+    """beta-DARTS' beta-decay: lambda(step) * mean over edges of logsumexp(logits). It pulls the logits'
+    softmax-weighted mean down, so no op's weight runs away while the weights still train; lambda
+    ramps linearly over the search so the early, uninformed steps are barely held."""
+    if cfg.beta_reg == 0.0:
+        return 0.0
+    frac = jnp.clip((step - cfg.tau_start).astype(jnp.float32) / max(cfg.tau_steps, 1), 0.0, 1.0)
+    return cfg.beta_reg * frac * jnp.mean(jnp.stack([jax.nn.logsumexp(a, -1).mean() for a in arch.values()]))
 
 
 def _counted(fn, traces: dict, name: str):
@@ -110,8 +126,8 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         raise ValueError(f'compute_dtype {cfg.compute_dtype!r}; allowed: {COMPUTE_DTYPES}')
     if cfg.pointwise_impl not in POINTWISE_IMPLS:
         raise ValueError(f'pointwise_impl {cfg.pointwise_impl!r}; allowed: {POINTWISE_IMPLS}')
-    network = SearchNetwork(spec, cfg.depthwise_impl, remat=cfg.remat, remat_branch=cfg.remat_branch,
-                            unroll_edges=cfg.unroll_edges, materialize_edge_grads=cfg.materialize_edge_grads)
+    network = search_network(spec, cfg.depthwise_impl, remat=cfg.remat, remat_branch=cfg.remat_branch,
+                             unroll_edges=cfg.unroll_edges, materialize_edge_grads=cfg.materialize_edge_grads)
 
     def apply(*args, **kwargs):
         with pointwise(cfg.pointwise_impl):
@@ -145,7 +161,8 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
 
     def arch_loss(arch, weights, batch_stats, key, step, x, y):
         ew, _ = edge_weights(cfg, arch, key, step)
-        return batch_loss(weights, batch_stats, ew, x, y, jax.random.fold_in(key, 1))
+        loss, aux = batch_loss(weights, batch_stats, ew, x, y, jax.random.fold_in(key, 1))
+        return loss + beta_penalty(cfg, arch, step), aux
 
     def arch_step(state: TrainState, batch, key):
         k_aug, k_gumbel, k_aug2 = jax.random.split(jax.random.fold_in(key, state.step), 3)

@@ -34,7 +34,7 @@ from asose_jax import phases
 from asose_jax.compilation import enable_compilation_cache
 from asose_jax.train import load_splits  # also defines --config / --workdir
 from asose_jax.data import DeviceSplit
-from asose_jax.genotype import derive
+from asose_jax.genotype import derive_arch
 from asose_jax.network import init_search_variables
 from asose_jax.optim import ArchOptConfig, labels, weight_transform
 from asose_jax.spec import NetworkSpec
@@ -181,8 +181,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) 
         vs = vmapped_steps(spec, config_lib.search_step_config(c, 'search', n_batches), weight_tx, None)
     ev = _evaluate(vs.eval_step, state, splits['eval'], c.data.eval_batch_size)
     arch = jax.device_get(state.params['arch'])
-    genotypes = [str(derive(arch['normal'][i], arch['reduce'][i], spec.steps, spec.multiplier, spec.primitives))
-                 for i in range(len(mem))]
+    genotypes = [str(derive_arch({t: a[i] for t, a in arch.items()}, spec.space, spec.steps, spec.multiplier,
+                                 spec.primitives)) for i in range(len(mem))]
     common, agree = collections.Counter(genotypes).most_common(1)[0]
     summary = {
         'members': [{'seed': s, 'arch_lr': lr, 'genotype': g, 'val_acc': float(a), 'val_loss': float(l)}

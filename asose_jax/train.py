@@ -17,9 +17,9 @@ from ml_collections import config_flags
 
 from asose_jax import config as config_lib
 from asose_jax import data as data_lib
-from asose_jax import checkpoint, evaluate, monitor, phases, stability, visualize
+from asose_jax import checkpoint, evaluate, monitor, nats_bench, phases, stability, visualize
 from asose_jax.compilation import enable_compilation_cache, fast_compile, rarely_run
-from asose_jax.genotype import Genotype
+from asose_jax.genotype import genotype_from_dict
 from asose_jax.network import count_params, init_search_variables
 from asose_jax.spec import NetworkSpec
 from asose_jax.train_state import create_train_state
@@ -69,7 +69,7 @@ def _resume(c: ml_collections.ConfigDict, ctx: phases.RunContext):
         spec = NetworkSpec.from_dict(meta['spec'])
         if meta['phase'] == 'optimize':
             cfg = evaluate.FixedTrainConfig.from_config(c, spec.num_classes, spec)
-            return evaluate.fixed_state(ctx, cfg.model(Genotype.from_dict(meta['genotype'])), cfg, materialise=False)
+            return evaluate.fixed_state(ctx, cfg.model(genotype_from_dict(meta['genotype'])), cfg, materialise=False)
         return phases.abstract_search_state(ctx, spec)
     found = ctx.ckpt.restore_latest(abstract)
     if found is None:
@@ -128,12 +128,12 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                                               resume=resume[0] if phase == 'search' else None)
             resume = None
     if phase == 'optimize':
-        genotype = Genotype.from_dict(resume[0]['genotype'])
+        genotype = genotype_from_dict(resume[0]['genotype'])
     else:
         genotype = _derive_and_save(c, workdir, spec, state)
     _, final = phases.optimize_phase(ctx, genotype, spec, resume)
     summary = {'genotype': str(genotype), 'val_acc': final.get('val_acc', float('nan')),
-               'wall_s': time.time() - t_start}
+               'wall_s': time.time() - t_start, **nats_bench.summary_fields(genotype)}
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     ctx.writer.close()
@@ -143,12 +143,12 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def _derive_and_save(c, workdir, spec, state) -> Genotype:
+def _derive_and_save(c, workdir, spec, state):
     """The search's final genotype (through the collapse guard), written with its pictures and the spec."""
     guarded = stability.guarded_genotype(jax.device_get(state.params['arch']),
                                          stability.MonitorConfig.from_config(c.monitor), spec.steps,
-                                         spec.multiplier, spec.primitives)
-    genotype = guarded.genotype  # the DARTS derivation, skip-capped when monitor.collapse_remedy='cap_skip'
+                                         spec.multiplier, spec.primitives, spec.space)
+    genotype = guarded.genotype  # the space's derivation, skip-capped when monitor.collapse_remedy='cap_skip'
     monitor.save_genotype(os.path.join(workdir, 'genotype.json'), genotype, raw_genotype=str(guarded.raw),
                           capped=guarded.capped)
     visualize.save_genotype_pictures(genotype, workdir, title='derived genotype')

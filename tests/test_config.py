@@ -38,7 +38,7 @@ def test_unknown_variant():
 
 
 @pytest.mark.parametrize('field, value, fragment', [
-    ('data.source', 'imagenet', "allowed: ('cifar_dir', 'tfds', 'synthetic')"),
+    ('data.source', 'imagenet', "allowed: ('download', 'cifar_dir', 'tfds', 'synthetic')"),
     ('data.dataset', 'mnist', 'data.dataset'),
     ('data.train_portion', 1.0, 'data.train_portion'),
     ('model.C', 7, 'model.C'),
