@@ -229,7 +229,10 @@ def load_exported(path: str, depthwise_impl: str = 'conv') -> tuple[nn.Module, d
 
 def run_evaluation(c: ml_collections.ConfigDict, genotype_arg: str, workdir: str) -> dict:
     """Loads the genotype and data, trains from scratch, writes metrics, summary, pictures and the export."""
-    genotype = load_genotype(genotype_arg)  # a bad argument fails before anything is loaded
+    try:  # a bad argument fails before anything is loaded, as one line naming what is wrong
+        genotype = load_genotype(genotype_arg)
+    except ValueError as e:
+        raise config_lib.ConfigError(f'--genotype: {e}') from None
     config_lib.validate(c)
     cfg = FixedTrainConfig.from_config(c, data_lib.DATASETS[c.data.dataset])
     check_auxiliary(cfg, c.data.image_size)

@@ -30,7 +30,7 @@ from asose_jax import config as config_lib  # noqa: E402
 from asose_jax import data as data_lib  # noqa: E402
 from asose_jax import evaluate, monitor, nats_bench, phases  # noqa: E402
 from asose_jax.compilation import enable_compilation_cache  # noqa: E402
-from asose_jax.genotype import named_genotypes, random_genotype  # noqa: E402
+from asose_jax.genotype import Genotype, named_genotypes, random_genotype  # noqa: E402
 from asose_jax.train import run  # noqa: E402
 from bench._common import machine  # noqa: E402
 
@@ -84,6 +84,11 @@ def retrain(c, genotype, workdir: str) -> float:
     return float(record['val_acc'])
 
 
+def recipe(c) -> dict:
+    """What makes two retrains comparable: the optimize section, the data and the retrain seed."""
+    return {'optimize': c.optimize.to_dict(), 'data': c.data.to_dict(), 'seed': c.seed}
+
+
 def spread(values) -> dict:
     v = np.asarray(values, np.float64)
     return {'mean': float(v.mean()), 'min': float(v.min()), 'max': float(v.max()), 'std': float(v.std())}
@@ -98,18 +103,26 @@ def judge_nb201(searched: list[dict]) -> dict:
                                          'best': float(acc.max())}, 'table': table.source}
 
 
-def judge_darts(c, searched: list[dict], k: int, out: str, random_seed: int) -> dict:
+def judge_darts(c, searched: list[dict], k: int, out: str, random_seed: int, reuse: str | None) -> dict:
+    """Retrains every candidate alike. `reuse`: a previous search_quality.json of the same optimize recipe
+    and data, whose random and published results are taken instead of retraining them."""
     rng = np.random.default_rng(random_seed)
     prims = tuple(c.model.primitives)
     candidates = [('random', random_genotype(rng, c.model.steps, c.model.multiplier, prims)) for _ in range(k)]
     candidates += [(name, named_genotypes()[name]) for name in PUBLISHED]
-    candidates += [(f'searched_seed{s["seed"]}', s['genotype']) for s in searched]
-    from asose_jax.genotype import Genotype  # noqa: PLC0415
     results = []
+    if reuse:
+        with open(reuse) as f:
+            old = json.load(f)
+        if old['recipe'] != recipe(c):
+            raise SystemExit(f'--reuse-random {reuse}: its optimize recipe or data differ from this config')
+        results = [r for r in old['judge']['candidates'] if not r['kind'].startswith('searched')]
+        candidates = []
+    candidates += [(f'searched_seed{s["seed"]}', s['genotype']) for s in searched]
     for i, (kind, g) in enumerate(candidates):
         g = Genotype.from_string(g) if isinstance(g, str) else g
         t0 = time.time()
-        acc = retrain(c, g, os.path.join(out, f'retrain{i:02d}'))
+        acc = retrain(c, g, os.path.join(out, f'retrain_{kind}_{i:02d}'))
         results.append({'kind': kind, 'genotype': str(g), 'retrain_acc': acc, 'retrain_s': time.time() - t0,
                         'param_free_normal': monitor.genotype_stats(g)['param_free_normal']})
         print(f'[search_quality] {kind}: retrain acc {acc:.4f} ({time.time() - t0:.0f}s)', flush=True)
@@ -151,16 +164,18 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main():
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', required=True, help='e.g. configs/nb201.py:smoke')
     p.add_argument('--seeds', default='0,1,2')
     p.add_argument('--set', action='append', default=[], help='config override FIELD=VALUE (repeatable)')
     p.add_argument('--random', type=int, default=8, help='DARTS space: random genotypes retrained')
     p.add_argument('--random-seed', type=int, default=0, help='DARTS space: draws the random genotypes')
+    p.add_argument('--reuse-random', default=None, help='DARTS space: a search_quality.json whose random and '
+                   'published retrains (same recipe and data) are reused')
+    p.add_argument('--retrain-seed', type=int, default=0, help='DARTS space: the seed of every retrain')
     p.add_argument('--out', required=True)
-    args = p.parse_args()
-    enable_compilation_cache()
+    args = p.parse_args(argv)
     c = load_config(args.config, args.set)
     config_lib.validate(c)
     os.makedirs(args.out, exist_ok=True)
@@ -168,13 +183,15 @@ def main():
     t0 = time.time()
     searched = [search_seed(c, s, os.path.join(args.out, f'seed{s}')) for s in seeds]
     space = c.model.space
-    judge = judge_nb201(searched) if space == 'nb201' else judge_darts(c, searched, args.random, args.out,
-                                                                      args.random_seed)
+    retrain_c = c.copy_and_resolve_references()
+    retrain_c.seed = args.retrain_seed
+    judge = judge_nb201(searched) if space == 'nb201' else judge_darts(retrain_c, searched, args.random, args.out,
+                                                                      args.random_seed, args.reuse_random)
     result = {'config': args.config, 'overrides': args.set, 'space': space, 'machine': machine(),
               'label': f'{args.config} {" ".join(args.set)} seeds {args.seeds}', 'seeds': searched,
               'search_wall_s': spread([s['wall_s'] for s in searched]),
               'supernet_val_gain': spread([s['search_val_acc_last'] - s['search_val_acc_first'] for s in searched]),
-              'judge': judge, 'total_s': time.time() - t0}
+              'judge': judge, 'recipe': recipe(retrain_c), 'total_s': time.time() - t0}
     with open(os.path.join(args.out, 'search_quality.json'), 'w') as f:
         json.dump(monitor._plain(result), f, indent=1)
     plot(result, os.path.join(args.out, 'search_quality.png'))
@@ -182,7 +199,9 @@ def main():
     print(json.dumps({k: v for k, v in judge.items() if k != 'candidates'}, indent=1))
     for s in searched:
         print(s['seed'], s.get('nb201_arch', s['genotype']), s.get('cifar10_test', ''))
+    return result
 
 
 if __name__ == '__main__':
+    enable_compilation_cache()
     main()

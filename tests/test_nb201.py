@@ -126,14 +126,9 @@ def test_nb201_config_rules():
         validate(c)
 
 
-def _tiny_nb201(workdir):
-    c = nb201_config('smoke')
-    c.data.update(source='synthetic', image_size=8, synthetic_train=64, synthetic_test=16, eval_batch_size=16, dir='')
-    c.model.update(C=4, cells_per_stage=1, pointwise_impl='conv')
-    c.search.update(batch_size=16, warmup_epochs=1, search_epochs=2)
-    c.optimize.update(epochs=1, batch_size=32)
-    c.progress = False
-    return c
+def _tiny_nb201(workdir=None):
+    from nb201_tiny_config import get_config
+    return get_config()
 
 
 def test_search_run_writes_nb201_arch_and_ground_truth(tmp_path):
@@ -155,3 +150,34 @@ def test_search_run_writes_nb201_arch_and_ground_truth(tmp_path):
     # a finished run resumes at its end from the optimize-phase checkpoint (same genotype, nothing redone)
     again = run(_tiny_nb201(workdir), workdir)
     assert again['nb201_arch'] == arch
+
+
+def test_evaluate_trains_an_arch_string_and_rejects_a_malformed_one(tmp_path):
+    from asose_jax.evaluate import load_exported, run_evaluation
+    c = _tiny_nb201(str(tmp_path))
+    summary = run_evaluation(c, BEST, str(tmp_path / 'eval'))
+    assert summary['nb201_arch'] == BEST and summary['cifar10_test'] > 94.0
+    assert summary['params'] > 0 and summary['macs'] > 0 and np.isfinite(summary['test_acc'])
+    model, variables, genotype = load_exported(summary['export'])
+    assert genotype == NB201Genotype.from_string(BEST)
+    logits, _ = model.apply(variables, jnp.zeros((1, 8, 8, 3)), train=False)
+    assert logits.shape == (1, 10)
+    with pytest.raises(ConfigError, match='--genotype: NB201 arch string .* unknown op'):
+        run_evaluation(c, BEST.replace('skip_connect', 'skip_conect'), str(tmp_path / 'bad'))
+    assert not os.path.exists(tmp_path / 'bad')  # nothing written for a bad argument
+
+
+def test_search_quality_bench_judges_each_seed_by_the_ground_truth(tmp_path):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+    from bench import search_quality
+    config = os.path.join(os.path.dirname(__file__), 'nb201_tiny_config.py')
+    result = search_quality.main(['--config', config, '--seeds', '0,1', '--out', str(tmp_path)])
+    archs = [s['nb201_arch'] for s in result['seeds']]
+    truth = [nats_bench.ground_truth(a)['cifar10_test'] for a in archs]
+    assert result['judge']['searched_cifar10_test']['mean'] == pytest.approx(np.mean(truth))
+    assert result['judge']['searched_cifar10_test']['min'] == pytest.approx(min(truth))
+    assert set(result['supernet_val_gain']) == {'mean', 'min', 'max', 'std'}
+    assert os.path.exists(tmp_path / 'search_quality.png')
+    with open(tmp_path / 'search_quality.json') as f:
+        assert json.load(f)['seeds'][1]['seed'] == 1
