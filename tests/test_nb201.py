@@ -181,3 +181,15 @@ def test_search_quality_bench_judges_each_seed_by_the_ground_truth(tmp_path):
     assert os.path.exists(tmp_path / 'search_quality.png')
     with open(tmp_path / 'search_quality.json') as f:
         assert json.load(f)['seeds'][1]['seed'] == 1
+
+
+def test_sweep_runs_nb201_members_in_one_program(tmp_path):
+    from asose_jax import sweep
+    c = _tiny_nb201()
+    c.search.update(warmup_epochs=0, search_epochs=1)
+    c.sweep.seeds, c.sweep.arch_lrs = 2, ''
+    summary = sweep.run(c, str(tmp_path))
+    assert summary['num_members'] == 2
+    for member in summary['members']:
+        assert str(NB201Genotype.from_string(member['genotype'])) == member['genotype']
+        assert np.isfinite(member['val_acc'])
