@@ -15,7 +15,7 @@ from asose_jax.spec import SPACES, NetworkSpec
 from asose_jax.steps import COMPUTE_DTYPES, SearchStepConfig
 
 EVAL_MODES = ('softmax', 'argmax')
-SEARCH_SAMPLING = ('gumbel', 'softmax')
+SEARCH_SAMPLING = ('gumbel', 'softmax', 'dirichlet')
 
 
 def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
@@ -57,7 +57,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         warmup_epochs=10,
         search_epochs=50,
         arch_every=1,             # one arch step per this many weight steps
-        sampling='gumbel',        # arch steps' edge weights: 'gumbel' samples, 'softmax' (DARTS, no noise)
+        sampling='gumbel',        # edge weights: 'gumbel' samples, 'softmax' (DARTS, no noise), 'dirichlet' (DrNAS)
         beta_reg=0.0,             # beta-DARTS beta-decay weight on the arch loss (ramped 0 -> this over the search)
         hard=True,                # straight-through one-hot Gumbel samples
         single_path=True,         # evaluate only the sampled op (GDAS); needs hard
@@ -279,7 +279,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(s.eval_mode in EVAL_MODES, 'search.eval_mode', s.eval_mode, str(EVAL_MODES))
     _check(s.sampling in SEARCH_SAMPLING, 'search.sampling', s.sampling, str(SEARCH_SAMPLING))
     _check(s.sampling == 'gumbel' or not s.hard, 'search.hard', s.hard,
-           "False with search.sampling='softmax' (the softmax mixture has no one-hot sample)")
+           "False unless search.sampling='gumbel' (only a Gumbel sample has a one-hot form)")
     _check(s.beta_reg >= 0, 'search.beta_reg', s.beta_reg, 'a number >= 0 (0 = off)')
     w, a = c.weight_optim, c.arch_optim
     _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, 'weight_optim.lr/lr_min', (w.lr, w.lr_min), 'lr > 0, 0 <= lr_min <= lr')

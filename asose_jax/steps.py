@@ -25,7 +25,9 @@ class SearchStepConfig:
     """Static settings of one phase's search steps (part of the compile key).
 
     sampling: 'gumbel' draws edge weights from the logits; 'softmax' takes softmax(logits), no noise
-      (DARTS; `hard`/`single_path` do not apply); 'uniform' ignores them (warmup): the exact 1/K
+      (DARTS; `hard`/`single_path` do not apply); 'dirichlet' draws the mixture from a Dirichlet whose
+      concentration is elu(logits) + 1 (DrNAS; reparameterised, so the arch gradient flows through the
+      sample); 'uniform' ignores them (warmup): the exact 1/K
       mixture when soft, a uniformly drawn single op per edge when hard.
     beta_reg: weight of beta-decay regularisation (beta-DARTS) in the arch loss, the mean over edges
       of logsumexp(logits), ramped linearly from 0 at the schedule's start to this at `tau_steps`.
@@ -88,6 +90,10 @@ def edge_weights(cfg: SearchStepConfig, arch: dict, key, step):
     tau = gumbel.temperature(step - cfg.tau_start, cfg.tau_steps, cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
     if cfg.sampling == 'softmax':
         return {t: jax.nn.softmax(a, -1) for t, a in arch.items()}, tau
+    if cfg.sampling == 'dirichlet':
+        names = sorted(arch)
+        keys = dict(zip(names, jax.random.split(key, len(names))))
+        return {t: jax.random.dirichlet(keys[t], dirichlet_concentration(a)) for t, a in arch.items()}, tau
     if cfg.sampling == 'uniform':
         zeros = {t: jnp.zeros_like(a) for t, a in arch.items()}
         if not cfg.hard:
@@ -96,9 +102,19 @@ def edge_weights(cfg: SearchStepConfig, arch: dict, key, step):
     return gumbel.sample_tree(key, arch, tau, cfg.hard), tau
 
 
+def dirichlet_concentration(logits):
+    """DrNAS' concentration elu(logits) + 1: positive, 1 (uniform) at logits 0, monotone in the logits."""
+    return jax.nn.elu(logits) + 1.0
+
+
 def eval_edge_weights(cfg: SearchStepConfig, arch: dict):
+    """'argmax': the derived op per edge; 'softmax': the expected mixture of the sampling in use
+    (softmax of the logits, or the Dirichlet's mean)."""
     if cfg.eval_mode == 'argmax':
         return {t: jax.nn.one_hot(jnp.argmax(a, -1), a.shape[-1]) for t, a in arch.items()}
+    if cfg.sampling == 'dirichlet':
+        return {t: dirichlet_concentration(a) / dirichlet_concentration(a).sum(-1, keepdims=True)
+                for t, a in arch.items()}
     return {t: jax.nn.softmax(a, -1) for t, a in arch.items()}
 
 

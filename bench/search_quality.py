@@ -164,6 +164,26 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown_row(result: dict) -> str:
+    """One line of the RESULTS.md ablation table: the overrides and what they did, per seed and spread."""
+    gain = result['supernet_val_gain']
+    wall = result['search_wall_s']
+    if result['space'] == 'nb201':
+        acc = result['judge']['searched_cifar10_test']
+        per_seed = ', '.join(f"{s['seed']}: {s['cifar10_test']:.2f}" for s in result['seeds'])
+        quality = f"{acc['mean']:.2f} (min {acc['min']:.2f}, max {acc['max']:.2f}; {per_seed})"
+    else:
+        j = result['judge']
+        per_seed = ', '.join(f"{r['kind'][len('searched_seed'):]}: {100 * r['retrain_acc']:.1f} "
+                             f"(p{r['percentile_among_random']:.0f}, pf {r['param_free_normal']})"
+                             for r in j['candidates'] if r['kind'].startswith('searched'))
+        quality = (f"median p{j['searched_percentile_median']:.0f}, "
+                   f"{100 * j['searched_above_random_median_median']:+.1f} pts vs random median "
+                   f"{100 * j['random_median']:.1f} ({per_seed})")
+    return (f"| {' '.join(result['overrides']) or '(config as is)'} | {quality} | "
+            f"{100 * gain['mean']:+.1f} (min {100 * gain['min']:+.1f}) | {wall['mean']:.0f} (max {wall['max']:.0f}) |")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', required=True, help='e.g. configs/nb201.py:smoke')
@@ -199,6 +219,7 @@ def main(argv=None) -> dict:
     print(json.dumps({k: v for k, v in judge.items() if k != 'candidates'}, indent=1))
     for s in searched:
         print(s['seed'], s.get('nb201_arch', s['genotype']), s.get('cifar10_test', ''))
+    print(markdown_row(result))
     return result
 
 
