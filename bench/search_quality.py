@@ -34,7 +34,7 @@ from asose_jax.genotype import Genotype, named_genotypes, random_genotype  # noq
 from asose_jax.train import run  # noqa: E402
 from bench._common import machine  # noqa: E402
 
-PUBLISHED = ('DARTS_V2', 'GDAS')
+PUBLISHED = ('DARTS_V2', 'GDAS_V1')
 
 
 def load_config(arg: str, overrides: list[str]):
@@ -54,14 +54,15 @@ def load_config(arg: str, overrides: list[str]):
     return c
 
 
-def search_seed(c, seed: int, workdir: str) -> dict:
-    """One search run (its own optimize phase off: candidates are judged below, all alike)."""
+def search_seed(c, seed: int, workdir: str, reuse: bool = False) -> dict:
+    """One search run (its own optimize phase off: candidates are judged below, all alike). reuse: a
+    finished run in `workdir` (its summary.json) of the same config is read instead of run again."""
     c = c.copy_and_resolve_references()
     c.seed = seed
     c.optimize.epochs = 0
     c.progress = False
-    c.checkpoint.fresh = True
-    summary = run(c, workdir)
+    c.checkpoint.fresh = not reuse
+    summary = run(c, workdir)  # reuse: resumes the finished run, which only re-derives and re-writes
     lines = monitor.MetricsWriter(workdir, tensorboard=False).read()
     search = [r for r in lines if r.get('phase') == 'search' and 'event' not in r]
     return {'seed': seed, 'genotype': summary['genotype'], 'wall_s': summary['wall_s'],
@@ -193,6 +194,8 @@ def main(argv=None) -> dict:
     p.add_argument('--random-seed', type=int, default=0, help='DARTS space: draws the random genotypes')
     p.add_argument('--reuse-random', default=None, help='DARTS space: a search_quality.json whose random and '
                    'published retrains (same recipe and data) are reused')
+    p.add_argument('--reuse-searches', action='store_true', help='searches already finished in --out (same '
+                   'config; a changed one is refused by the resume check) are resumed, not run again')
     p.add_argument('--retrain-seed', type=int, default=0, help='DARTS space: the seed of every retrain')
     p.add_argument('--out', required=True)
     args = p.parse_args(argv)
@@ -201,7 +204,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(',')]
     t0 = time.time()
-    searched = [search_seed(c, s, os.path.join(args.out, f'seed{s}')) for s in seeds]
+    searched = [search_seed(c, s, os.path.join(args.out, f'seed{s}'), args.reuse_searches) for s in seeds]
     space = c.model.space
     retrain_c = c.copy_and_resolve_references()
     retrain_c.seed = args.retrain_seed
