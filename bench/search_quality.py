@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -65,7 +66,8 @@ def search_seed(c, seed: int, workdir: str, reuse: bool = False) -> dict:
     summary = run(c, workdir)  # reuse: resumes the finished run, which only re-derives and re-writes
     lines = monitor.MetricsWriter(workdir, tensorboard=False).read()
     search = [r for r in lines if r.get('phase') == 'search' and 'event' not in r]
-    return {'seed': seed, 'genotype': summary['genotype'], 'wall_s': summary['wall_s'],
+    wall = None if reuse else summary['wall_s']  # a resumed run's summary times only the resume
+    return {'seed': seed, 'genotype': summary['genotype'], 'wall_s': wall,
             'search_val_acc_first': search[0]['val_acc'] if search else None,
             'search_val_acc_last': search[-1]['val_acc'] if search else None,
             'param_free_normal': search[-1].get('param_free_normal') if search else None,
@@ -159,7 +161,7 @@ def plot(result: dict, path: str) -> None:
             ax.scatter([x] * len(ys), ys, color='#d62728' if kind.startswith('searched') else '#555555')
         ax.set_xticks(range(len(kinds)), kinds, rotation=30, ha='right', fontsize=8)
         ax.set_ylabel('retrain accuracy on the eval split (%)')
-    ax.set_title(result['label'], fontsize=8)
+    ax.set_title(textwrap.fill(result['label'], 110), fontsize=7)
     ax.legend(fontsize=8) if result['space'] == 'nb201' else None
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -168,7 +170,7 @@ def plot(result: dict, path: str) -> None:
 def markdown_row(result: dict) -> str:
     """One line of the RESULTS.md ablation table: the overrides and what they did, per seed and spread."""
     gain = result['supernet_val_gain']
-    wall = result['search_wall_s']
+    wall = result['search_wall_s'] or {'mean': float('nan'), 'max': float('nan')}
     if result['space'] == 'nb201':
         acc = result['judge']['searched_cifar10_test']
         per_seed = ', '.join(f"{s['seed']}: {s['cifar10_test']:.2f}" for s in result['seeds'])
@@ -210,9 +212,10 @@ def main(argv=None) -> dict:
     retrain_c.seed = args.retrain_seed
     judge = judge_nb201(searched) if space == 'nb201' else judge_darts(retrain_c, searched, args.random, args.out,
                                                                       args.random_seed, args.reuse_random)
+    walls = [s['wall_s'] for s in searched]
     result = {'config': args.config, 'overrides': args.set, 'space': space, 'machine': machine(),
               'label': f'{args.config} {" ".join(args.set)} seeds {args.seeds}', 'seeds': searched,
-              'search_wall_s': spread([s['wall_s'] for s in searched]),
+              'search_wall_s': spread([s['wall_s'] for s in searched]) if None not in walls else None,
               'supernet_val_gain': spread([s['search_val_acc_last'] - s['search_val_acc_first'] for s in searched]),
               'judge': judge, 'recipe': recipe(retrain_c), 'total_s': time.time() - t0}
     with open(os.path.join(args.out, 'search_quality.json'), 'w') as f:
