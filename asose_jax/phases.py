@@ -9,7 +9,6 @@ import dataclasses
 import itertools
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -30,13 +29,9 @@ from asose_jax.spec import NetworkSpec
 from asose_jax.steps import Steps, make_search_steps
 from asose_jax.train_state import TrainState, create_train_state
 
-# Test-only fault hooks (environment, 'PHASE:STEP'): ASOSE_KILL_AT sends SIGKILL to this process right
-# after weight step STEP of PHASE, ASOSE_TERM_AT sends SIGTERM (a polite stop); ASOSE_NAN_AT turns the
-# weights into NaN after that step (once per process), as a non-finite gradient would. Used by
-# tests/test_checkpoint.py.
-KILL_ENV, TERM_ENV, NAN_ENV = 'ASOSE_KILL_AT', 'ASOSE_TERM_AT', 'ASOSE_NAN_AT'
-FAULT_ENVS = (KILL_ENV, TERM_ENV, NAN_ENV)
-_nan_injected: set = set()
+# Called after every weight step as cb(phase, state) -> state; empty in the product. Tests install
+# fault injectors here (tests/fault_injection.py: SIGKILL, SIGTERM or NaN weights at a given step).
+STEP_CALLBACKS: list[Callable[[str, TrainState], TrainState]] = []
 STOP = {'signal': None}  # set by train.py's SIGTERM/SIGINT handler; checked between steps
 
 
@@ -92,21 +87,6 @@ def _cycle(split: DeviceSplit, key, batch_size: int, start: int = 0) -> Iterator
         epoch, skip = epoch + 1, 0
 
 
-def _fault_hooks(phase: str, state: TrainState) -> TrainState:
-    """Test-only: ASOSE_KILL_AT / ASOSE_TERM_AT / ASOSE_NAN_AT (see KILL_ENV)."""
-    for env in FAULT_ENVS:
-        at = os.environ.get(env)
-        if not at or at.rpartition(':')[0] != phase or int(state.step) != int(at.rpartition(':')[2]):
-            continue
-        if env in (KILL_ENV, TERM_ENV):
-            os.kill(os.getpid(), signal.SIGKILL if env == KILL_ENV else signal.SIGTERM)
-        elif at not in _nan_injected:
-            _nan_injected.add(at)
-            nan_weights = jax.tree_util.tree_map(lambda x: x * jnp.nan, state.params['weights'])
-            state = state.replace(params={**state.params, 'weights': nan_weights})
-    return state
-
-
 def run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batches: int, desc: str,
               step_key, after_step: Callable | None = None, phase: str = '', skip: int = 0,
               partial: dict | None = None, warm_steps: int = 1):
@@ -118,13 +98,12 @@ def run_epoch(ctx: RunContext, steps: Steps, state: TrainState, batches, n_batch
     sums: dict = {k: [jnp.float32(x) for x in v] for k, v in (partial or {}).items()}
     t_first = t0 = time.time()
     first_step_s, images, done = 0.0, 0, skip
-    hooks = any(os.environ.get(env) for env in FAULT_ENVS)
     batches = itertools.islice(batches, skip, None)
     for i, batch in enumerate(tqdm(batches, total=n_batches - skip, desc=desc, disable=not ctx.progress,
                                    leave=False), start=skip):
         state, m = steps.weight_step(state, batch, step_key)
-        if hooks:
-            state = _fault_hooks(phase, state)
+        for callback in STEP_CALLBACKS:
+            state = callback(phase, state)
         if after_step is not None:
             state, extra = after_step(state, i)
             m = {**m, **extra}

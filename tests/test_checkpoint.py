@@ -20,11 +20,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'tests', 'ckpt_tiny_config.py')
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 import ckpt_tiny_config  # noqa: E402
+import fault_injection  # noqa: E402
 
 # weight steps: warmup 1..2, search 3..8 (growth after step 4), optimize 1..4 (its own counter).
 # SIGKILL in every phase, after the growth too; SIGTERM mid-epoch (step 5 of search epoch 1's 5..6).
-FAULTS = ((phases.KILL_ENV, 'warmup:1'), (phases.KILL_ENV, 'search:4'), (phases.TERM_ENV, 'search:5'),
-          (phases.KILL_ENV, 'search:6'), (phases.KILL_ENV, 'optimize:3'))
+FAULTS = ('kill=warmup:1', 'kill=search:4', 'term=search:5', 'kill=search:6', 'kill=optimize:3')
 
 
 def restore_raw(workdir):
@@ -40,18 +40,20 @@ def reference(tmp_path_factory):
     return workdir
 
 
-def train_cmd(workdir, env_extra):
+def train_cmd(workdir, fault=None):
+    """The train CLI in a subprocess, with `fault` ('kill=PHASE:STEP', ...) installed by tests/fault_injection.py."""
     env = {**os.environ, 'ASOSE_JAX_CACHE': jax.config.jax_compilation_cache_dir,
-           'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'PYTHONPATH': ROOT, **env_extra}
-    return subprocess.run([sys.executable, '-m', 'asose_jax.train', '--config', CONFIG, '--workdir', str(workdir)],
+           'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'PYTHONPATH': ROOT}
+    launcher = [os.path.join(ROOT, 'tests', 'fault_injection.py'), fault] if fault else ['-m', 'asose_jax.train']
+    return subprocess.run([sys.executable, *launcher, '--config', CONFIG, '--workdir', str(workdir)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_killed_in_every_phase_resumes_bitwise(reference, tmp_path):
     workdir = tmp_path / 'killed'
-    for env, at in FAULTS:
-        r = train_cmd(workdir, {env: at})
-        if env == phases.KILL_ENV:
+    for at in FAULTS:
+        r = train_cmd(workdir, at)
+        if at.startswith('kill='):
             assert r.returncode == -signal.SIGKILL, (at, r.returncode, r.stderr[-3000:])
             continue
         # SIGTERM: the step finishes, a mid-epoch checkpoint is saved, the exit says how to resume
@@ -59,7 +61,7 @@ def test_killed_in_every_phase_resumes_bitwise(reference, tmp_path):
         assert 'Resume with the same command' in r.stderr, r.stderr[-3000:]
         _, meta, _ = restore_raw(workdir)
         assert (meta['phase'], meta['epoch'], meta['batch']) == ('search', 1, 1), meta
-    r = train_cmd(workdir, {})
+    r = train_cmd(workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'resuming from checkpoint' in r.stdout
     _, meta_ref, ref = restore_raw(reference)
@@ -121,7 +123,7 @@ def test_nan_rolls_back_and_finishes(tmp_path, monkeypatch):
     from asose_jax.train import run
     c = ckpt_tiny_config.get_config()
     c.growth.trigger, c.search.search_epochs, c.optimize.epochs = 'none', 2, 1  # the rollback is in search epoch 1
-    monkeypatch.setenv(phases.NAN_ENV, 'search:5')
+    monkeypatch.setattr(phases, 'STEP_CALLBACKS', [fault_injection.nan_at('search', 5)])
     summary = run(c, str(tmp_path))
     events = [r for r in map(json.loads, open(tmp_path / 'metrics.jsonl')) if r.get('event') == 'nan_rollback']
     assert [(e['phase'], e['epoch'], e['lr_scale'], e['steps']) for e in events] == [('search', 1, 0.5, [5, 6])]
@@ -132,7 +134,7 @@ def test_nan_retries_exhausted_names_phase_and_steps(tmp_path, monkeypatch):
     from asose_jax.train import run
     c = ckpt_tiny_config.get_config()
     c.checkpoint.nan_retries = 0
-    monkeypatch.setenv(phases.NAN_ENV, 'warmup:2')
+    monkeypatch.setattr(phases, 'STEP_CALLBACKS', [fault_injection.nan_at('warmup', 2)])
     with pytest.raises(FloatingPointError, match=r'warmup epoch 0, steps 1\.\.2'):
         run(c, str(tmp_path))
 
