@@ -26,8 +26,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from asose_jax.config import ConfigError
+from asose_jax.train_state import default_hparams
 
-FORMAT = 1
+FORMAT = 2  # 2: the TrainState holds `hparams`; format-1 checkpoints (without) restore with the defaults
 # config fields whose change alters the network, the data or their order: a resume refuses them
 SHAPE_FIELDS = ('seed', 'data.', 'model.', 'search.batch_size', 'search.arch_every', 'search.warmup_epochs',
                 'search.search_epochs', 'optimize.C', 'optimize.layers', 'optimize.batch_size', 'optimize.epochs',
@@ -122,11 +123,14 @@ class RunCheckpoints:
     @staticmethod
     def _restore(manager, step, abstract_state):
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-        if meta.get('format') != FORMAT:
-            raise ValueError(f'checkpoint format {meta.get("format")!r}, expected {FORMAT}')
+        if meta.get('format') not in (1, FORMAT):
+            raise ValueError(f'checkpoint format {meta.get("format")!r}, expected {FORMAT} (or 1)')
         abstract = abstract_state(meta)  # may raise ConfigError (refused override): not a corrupt checkpoint
+        legacy = meta['format'] == 1 and hasattr(abstract, 'hparams')
+        if legacy:  # saved before the state held its hyper-parameters: the phase sets them from meta's knobs
+            abstract = abstract.replace(hparams={})
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
-        return meta, state
+        return meta, state.replace(hparams=default_hparams()) if legacy else state
 
     def restore_latest(self, abstract_state: Callable[[dict], object]) -> tuple[int, dict, object] | None:
         """(checkpoint number, meta, state) of the newest checkpoint that reads back; a partial or

@@ -34,7 +34,7 @@ from asose_jax.network import FixedNetwork, count_params
 from asose_jax.spec import NetworkSpec
 from asose_jax.optim import WeightOptConfig, arch_transform, weight_transform
 from asose_jax.steps import make_fixed_steps
-from asose_jax.train_state import TrainState, create_train_state
+from asose_jax.train_state import TrainState, create_train_state, with_hparams
 
 EXPORT_FORMAT = 1
 
@@ -80,9 +80,9 @@ class FixedTrainConfig:
                    momentum=o.momentum, weight_decay=o.weight_decay, grad_clip=o.grad_clip, cutout=o.cutout,
                    space=c.model.space)
 
-    def weight_opt_config(self, lr_scale: float = 1.0) -> WeightOptConfig:
-        """SGD settings; lr_scale < 1 after a NaN rollback (phases.NanGuard halves it)."""
-        return WeightOptConfig(lr=self.lr * lr_scale, lr_min=self.lr_min * lr_scale, momentum=self.momentum,
+    def weight_opt_config(self) -> WeightOptConfig:
+        """SGD settings (a NaN rollback scales the lr through the state's hparams)."""
+        return WeightOptConfig(lr=self.lr, lr_min=self.lr_min, momentum=self.momentum,
                                weight_decay=self.weight_decay, grad_clip=self.grad_clip)
 
     def model(self, genotype, drop_path: float | None = None, depthwise_impl: str | None = None) -> nn.Module:
@@ -146,12 +146,13 @@ def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfi
     knobs = {'lr_scale': 1.0, **meta.get('knobs', {})}
     epoch, skip, record = meta.get('epoch', 0), meta.get('batch', 0), meta.get('record', {})
 
-    def build_steps():
-        weight_tx = weight_transform(cfg.weight_opt_config(knobs['lr_scale']), max(cfg.epochs * n_batches, 1))
-        return make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight)
+
+    def weight_tx(hp):  # the lr scale is the state's (a NaN rollback halves it without a recompile)
+        return weight_transform(cfg.weight_opt_config(), max(cfg.epochs * n_batches, 1), hp['lr_scale'])
 
     state = resume[1] if resume else fixed_state(ctx, model, cfg)
-    steps, state = parallel.maybe_parallel(ctx.config, build_steps(), state)
+    steps, state = parallel.maybe_parallel(ctx.config, make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight),
+                                           with_hparams(state, lr_scale=knobs['lr_scale']))
     n_params = count_params(state.params['weights'])
     nan_guard = phases.NanGuard(ctx, phase)
 
@@ -179,7 +180,7 @@ def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfi
                **phases.evaluate(steps, state, ctx.eval_split, cfg.eval_batch_size)}
         retry = nan_guard.check(epoch, new, knobs)
         if retry is not None:
-            steps, state = parallel.maybe_parallel(ctx.config, build_steps(), retry)
+            state = parallel.maybe_replicate(ctx.config, with_hparams(retry, lr_scale=knobs['lr_scale']))
             continue
         record = monitor._plain(new)
         ctx.writer.write(new)

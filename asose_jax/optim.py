@@ -62,3 +62,18 @@ def arch_transform(cfg: ArchOptConfig, lr_scale: float = 1.0):
     adam = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                        optax.adam(lr_scale * cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=1e-8))
     return optax.multi_transform({'weights': optax.set_to_zero(), 'arch': adam}, labels)
+
+
+def hparam_transforms(weight_cfg: WeightOptConfig, arch_cfg: ArchOptConfig, total_steps: int) -> tuple:
+    """(weight, arch) transforms as functions of a TrainState's `hparams` (train_state.HPARAMS): the weight
+    lr, arch lr and arch weight decay times their scales. The steps build them inside the trace
+    (steps.transform_for), so changing a scale compiles nothing; the state layout is that of
+    weight_transform / arch_transform."""
+
+    def weight(hp: dict) -> optax.GradientTransformation:
+        return weight_transform(weight_cfg, total_steps, hp['lr_scale'])
+
+    def arch(hp: dict) -> optax.GradientTransformation:
+        cfg = dataclasses.replace(arch_cfg, weight_decay=arch_cfg.weight_decay * hp['arch_wd_scale'])
+        return arch_transform(cfg, hp['arch_lr_scale'])
+    return weight, arch

@@ -106,3 +106,8 @@ def maybe_parallel(config, steps: Steps, state):
         return steps, state
     mesh = make_mesh()
     return parallelize_steps(steps, mesh), replicate(mesh, state)
+
+
+def maybe_replicate(config, state):
+    """`state` placed as maybe_parallel's steps expect it (a rolled-back or re-scaled state)."""
+    return replicate(make_mesh(), state) if config.parallel.data_parallel else state

@@ -24,10 +24,10 @@ from asose_jax import growth, growth_policy, monitor, parallel, stability
 from asose_jax.data import DeviceSplit
 from asose_jax.genotype import Genotype
 from asose_jax.network import init_search_variables
-from asose_jax.optim import arch_transform, weight_schedule, weight_transform
+from asose_jax.optim import arch_transform, hparam_transforms, weight_schedule, weight_transform
 from asose_jax.spec import NetworkSpec
 from asose_jax.steps import Steps, make_search_steps
-from asose_jax.train_state import TrainState, create_train_state
+from asose_jax.train_state import TrainState, create_train_state, with_hparams
 
 # Called after every weight step as cb(phase, state) -> state; empty in the product. Tests install
 # fault injectors here (tests/fault_injection.py: SIGKILL, SIGTERM or NaN weights at a given step).
@@ -177,6 +177,15 @@ class NanGuard:
         return jax.device_put(self.good)
 
 
+def set_hparams(state: TrainState, knobs: dict, arch_weight_decay: float) -> TrainState:
+    """The state's runtime hyper-parameters from the phase's knobs (what the monitor and the NaN guard
+    change, and what a checkpoint's meta records): new values, same program."""
+    wd = knobs.get('arch_weight_decay', arch_weight_decay)
+    return with_hparams(state, lr_scale=knobs.get('lr_scale', 1.0), arch_lr_scale=knobs.get('arch_lr_scale', 1.0),
+                        arch_wd_scale=wd / arch_weight_decay if arch_weight_decay else 1.0,
+                        tau_scale=knobs.get('tau_scale', 1.0))
+
+
 def search_txs(c: ml_collections.ConfigDict, n_batches: int) -> tuple:
     """The (weight, arch) transforms of warmup and search: one cosine over both phases' steps."""
     total_steps = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
@@ -192,9 +201,9 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
 
     After each epoch the stability monitor (stability.assess) and the collapse guard run; every
     action is logged (`"event": "monitor_action"` + print); in warmup only divergence acts, and
-    the collapse guard only warns in search. 'lower_arch_lr' and 'raise_tau' rebuild the steps
-    (optimizer states carry over), 'stop' ends the phase, the collapse remedy 'raise_arch_wd'
-    raises the arch weight decay once. In search, the Grower then grows the network (growth.trigger,
+    the collapse guard only warns in search. 'lower_arch_lr' and 'raise_tau' scale the state's
+    hparams (no recompile), 'stop' ends the phase, the collapse remedy 'raise_arch_wd' raises the
+    arch weight decay once. In search, the Grower then grows the network (growth.trigger,
     or a monitor 'grow' on plateau) or rolls a recent growth back (rollback_patience, or a
     monitor 'rollback' on divergence).
 
@@ -216,17 +225,13 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
     first_epoch = resume.get('epoch', first_epoch)
     skip = resume.get('batch', 0)
 
-    def build_steps(spec: NetworkSpec) -> Steps:
-        """Steps for a spec and the current knobs (hyper-parameters only: the optimizer states carry over)."""
-        weight_tx = weight_transform(dataclasses.replace(wcfg, lr=wcfg.lr * knobs['lr_scale'],
-                                                         lr_min=wcfg.lr_min * knobs['lr_scale']), total_steps)
-        arch_tx = (arch_transform(dataclasses.replace(acfg, weight_decay=knobs['arch_weight_decay']),
-                                  knobs['arch_lr_scale']) if phase == 'search' else None)
-        cfg = dataclasses.replace(step_cfg, tau_max=step_cfg.tau_max * knobs['tau_scale'],
-                                  tau_min=step_cfg.tau_min * knobs['tau_scale'])
-        return make_search_steps(spec, cfg, weight_tx, arch_tx)
+    weight_tx, arch_tx = hparam_transforms(wcfg, acfg, total_steps)
 
-    steps, state = parallel.maybe_parallel(c, build_steps(spec), state)
+    def build_steps(spec: NetworkSpec) -> Steps:
+        """Steps for a spec; the knobs are the state's hparams (set_hparams), so only a new spec compiles."""
+        return make_search_steps(spec, step_cfg, weight_tx, arch_tx if phase == 'search' else None)
+
+    steps, state = parallel.maybe_parallel(c, build_steps(spec), set_hparams(state, knobs, acfg.weight_decay))
     per_epoch = n_batches // c.search.arch_every  # arch batches drawn per epoch
     arch_batches = (_cycle(ctx.arch_split, ctx.keys['data_arch'], bs,
                            first_epoch * per_epoch + skip // c.search.arch_every) if phase == 'search' else None)
@@ -276,7 +281,7 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
         if retry is not None:  # the arch stream is repositioned to the epoch start too
             arch_batches = (_cycle(ctx.arch_split, ctx.keys['data_arch'], bs, epoch * per_epoch)
                             if phase == 'search' else None)
-            steps, state = parallel.maybe_parallel(c, build_steps(spec), retry)
+            state = parallel.maybe_replicate(c, set_hparams(retry, knobs, acfg.weight_decay))
             continue
         arch = jax.device_get(state.params['arch'])
         guard = stability.guarded_genotype(arch, mcfg, spec.steps, spec.multiplier, spec.primitives, spec.space)
@@ -294,14 +299,14 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
         monitor.save_genotype(os.path.join(ctx.workdir, 'genotypes', f'{phase}_epoch{epoch:03d}.json'), g,
                               alphas=arch, primitives=spec.primitives, epoch=epoch, val_acc=record['val_acc'],
                               raw_genotype=str(guard.raw), capped=guard.capped)
-        rebuild, stop, requests = False, False, []
+        rescale, stop, requests = False, False, []
         if guard.condition is not None and phase == 'search':  # warmup logits are untrained
             remedy = mcfg.collapse_remedy
             applied = remedy == 'cap_skip' or (remedy == 'raise_arch_wd'
                                                and knobs['arch_weight_decay'] == acfg.weight_decay)
-            if remedy == 'raise_arch_wd' and applied:  # once per phase: each rebuild recompiles
+            if remedy == 'raise_arch_wd' and applied:  # once per phase
                 knobs['arch_weight_decay'] = acfg.weight_decay * mcfg.arch_wd_factor
-                rebuild = True
+                rescale = True
             ctx.writer.event('collapse_warning', phase=phase, epoch=epoch, reason=guard.condition.reason,
                              remedy=remedy, applied=applied, raw_genotype=str(guard.raw), genotype=str(g),
                              arch_weight_decay=knobs['arch_weight_decay'])
@@ -311,11 +316,11 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
         for action in [a for a in assessment.actions if phase == 'search' or a.condition == 'divergence']:
             if action.kind == 'lower_arch_lr':
                 knobs['arch_lr_scale'] *= action.factor
-                rebuild = True
+                rescale = True
                 log_action(epoch, action, True, arch_lr=knobs['arch_lr_scale'] * acfg.lr)
             elif action.kind == 'raise_tau':
                 knobs['tau_scale'] *= action.factor
-                rebuild = True
+                rescale = True
                 log_action(epoch, action, True, tau_scale=knobs['tau_scale'])
             elif action.kind == 'stop':
                 stop = True
@@ -326,10 +331,11 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
         print(f"[{phase} {epoch + 1}/{epochs}] loss {record['loss']:.3f} acc {record['acc']:.3f} "
               f"val_acc {record['val_acc']:.3f} tau {record['tau']:.2f} {ips:.1f} img/s "
               f"health {record['health']:.2f}", flush=True)
-        if rebuild and not stop:
-            steps, state = parallel.maybe_parallel(c, build_steps(spec), state)
+        if rescale and not stop:  # new hyper-parameter values in the state: nothing recompiles
+            state = set_hparams(state, knobs, acfg.weight_decay)
         if grower is not None and epoch < epochs - 1 and not stop:
             spec, state, steps = grower.after_epoch(epoch, record, spec, state, steps, requests)
+            state = set_hparams(state, knobs, acfg.weight_decay)  # a rolled-back snapshot holds older ones
         epoch += 1
         save(epochs if stop else epoch, val_acc=record['val_acc'])
         if stop:

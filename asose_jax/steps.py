@@ -85,9 +85,10 @@ def cross_entropy(logits, labels, mask=None):
     return (losses * m).sum() / jnp.maximum(m.sum(), 1.0), (correct * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
-def edge_weights(cfg: SearchStepConfig, arch: dict, key, step):
-    """Edge weights for a train step and the temperature used."""
-    tau = gumbel.temperature(step - cfg.tau_start, cfg.tau_steps, cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+def edge_weights(cfg: SearchStepConfig, arch: dict, key, step, tau_scale=1.0):
+    """Edge weights for a train step and the temperature used (the schedule's, times `tau_scale`)."""
+    tau = tau_scale * gumbel.temperature(step - cfg.tau_start, cfg.tau_steps, cfg.tau_max, cfg.tau_min,
+                                         cfg.tau_schedule)
     if cfg.sampling == 'softmax':
         return {t: jax.nn.softmax(a, -1) for t, a in arch.items()}, tau
     if cfg.sampling == 'dirichlet':
@@ -128,6 +129,12 @@ def beta_penalty(cfg: SearchStepConfig, arch: dict, step):
     return cfg.beta_reg * frac * jnp.mean(jnp.stack([jax.nn.logsumexp(a, -1).mean() for a in arch.values()]))
 
 
+def transform_for(tx, hparams: dict) -> optax.GradientTransformation:
+    """`tx` itself, or `tx(hparams)` when it is a function of the state's runtime hyper-parameters
+    (optim.hparam_transforms): built inside the step, so new values are new inputs, not a recompile."""
+    return tx if isinstance(tx, optax.GradientTransformation) else tx(hparams)
+
+
 def _counted(fn, traces: dict, name: str):
     def wrapped(*args):
         traces[name] = traces.get(name, 0) + 1
@@ -135,9 +142,10 @@ def _counted(fn, traces: dict, name: str):
     return wrapped
 
 
-def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax.GradientTransformation,
-                      arch_tx: optax.GradientTransformation | None) -> Steps:
-    """Builds the jitted weight/arch/eval steps of the search network for one phase."""
+def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx, arch_tx) -> Steps:
+    """Builds the jitted weight/arch/eval steps of the search network for one phase. Each transform is a
+    GradientTransformation or a function of `state.hparams` returning one (transform_for); the
+    temperature is scaled by `state.hparams['tau_scale']`."""
     if cfg.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f'compute_dtype {cfg.compute_dtype!r}; allowed: {COMPUTE_DTYPES}')
     if cfg.pointwise_impl not in POINTWISE_IMPLS:
@@ -166,17 +174,18 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
     def weight_step(state: TrainState, batch, key):
         k_aug, k_gumbel = jax.random.split(jax.random.fold_in(key, state.step))
         x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
-        ew, tau = edge_weights(cfg, jax.lax.stop_gradient(state.params['arch']), k_gumbel, state.step)
+        ew, tau = edge_weights(cfg, jax.lax.stop_gradient(state.params['arch']), k_gumbel, state.step,
+                               state.hparams['tau_scale'])
         (loss, (acc, bs)), g_w = jax.value_and_grad(batch_loss, has_aux=True)(
             state.params['weights'], state.batch_stats, ew, x, y, jax.random.fold_in(k_aug, 1))
         grads = {'weights': g_w, 'arch': jax.tree_util.tree_map(jnp.zeros_like, state.params['arch'])}
-        updates, opt = weight_tx.update(grads, state.weight_opt_state, state.params)
+        updates, opt = transform_for(weight_tx, state.hparams).update(grads, state.weight_opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, batch_stats=bs, weight_opt_state=opt)
         return new, {'loss': loss, 'acc': acc, 'tau': tau, 'grad_norm': optax.tree.norm(g_w)}
 
-    def arch_loss(arch, weights, batch_stats, key, step, x, y):
-        ew, _ = edge_weights(cfg, arch, key, step)
+    def arch_loss(arch, weights, batch_stats, key, step, x, y, tau_scale):
+        ew, _ = edge_weights(cfg, arch, key, step, tau_scale)
         loss, aux = batch_loss(weights, batch_stats, ew, x, y, jax.random.fold_in(key, 1))
         return loss + beta_penalty(cfg, arch, step), aux
 
@@ -184,21 +193,22 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         k_aug, k_gumbel, k_aug2 = jax.random.split(jax.random.fold_in(key, state.step), 3)
         x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
         w, bs, arch = state.params['weights'], state.batch_stats, state.params['arch']
+        tau_scale = state.hparams['tau_scale']
         if cfg.unrolled:
             xt, yt = augment(k_aug2, batch['train_image'], cfg.cutout), batch['train_label']
 
             def unrolled(a):
-                g = jax.grad(lambda w_: arch_loss(a, w_, bs, k_gumbel, state.step, xt, yt)[0])(w)
+                g = jax.grad(lambda w_: arch_loss(a, w_, bs, k_gumbel, state.step, xt, yt, tau_scale)[0])(w)
                 w_virtual = jax.tree_util.tree_map(
                     lambda p, gp: p - cfg.unrolled_lr * (gp + cfg.unrolled_wd * p), w, g)
-                return arch_loss(a, w_virtual, bs, k_gumbel, state.step, x, y)
+                return arch_loss(a, w_virtual, bs, k_gumbel, state.step, x, y, tau_scale)
 
             (loss, (acc, new_bs)), g_a = jax.value_and_grad(unrolled, has_aux=True)(arch)
         else:
             (loss, (acc, new_bs)), g_a = jax.value_and_grad(arch_loss, has_aux=True)(
-                arch, w, bs, k_gumbel, state.step, x, y)
+                arch, w, bs, k_gumbel, state.step, x, y, tau_scale)
         grads = {'weights': jax.tree_util.tree_map(jnp.zeros_like, w), 'arch': g_a}
-        updates, opt = arch_tx.update(grads, state.arch_opt_state, state.params)
+        updates, opt = transform_for(arch_tx, state.hparams).update(grads, state.arch_opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(params=params, batch_stats=new_bs, arch_opt_state=opt)
         return new, {'arch_loss': loss, 'arch_acc': acc, 'arch_grad_norm': optax.tree.norm(g_a)}
@@ -221,9 +231,9 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx: optax
         traces=traces, eval_jit=jit_eval)
 
 
-def make_fixed_steps(model: FixedNetwork, weight_tx: optax.GradientTransformation, cutout: int,
-                     aux_weight: float = 0.4) -> Steps:
-    """Train/eval steps of a derived FixedNetwork (params {'weights': ..., 'arch': {}})."""
+def make_fixed_steps(model: FixedNetwork, weight_tx, cutout: int, aux_weight: float = 0.4) -> Steps:
+    """Train/eval steps of a derived FixedNetwork (params {'weights': ..., 'arch': {}}); `weight_tx` as in
+    make_search_steps."""
 
     def loss_fn(weights, batch_stats, x, y, rng):
         (logits, aux), upd = model.apply({'params': weights, 'batch_stats': batch_stats}, x, train=True,
@@ -237,7 +247,8 @@ def make_fixed_steps(model: FixedNetwork, weight_tx: optax.GradientTransformatio
         x = augment(k_aug, batch['image'], cutout)
         (_, (loss, acc, bs)), g = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params['weights'], state.batch_stats, x, batch['label'], k_drop)
-        updates, opt = weight_tx.update({'weights': g, 'arch': {}}, state.weight_opt_state, state.params)
+        updates, opt = transform_for(weight_tx, state.hparams).update({'weights': g, 'arch': {}},
+                                                                      state.weight_opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=bs, weight_opt_state=opt)
         return new, {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(g)}

@@ -5,6 +5,14 @@ import flax.struct
 import jax.numpy as jnp
 import optax
 
+# Runtime hyper-parameters, multipliers of the config's values, read by the steps as traced scalars: a
+# monitor action or a NaN rollback changes them without compiling anything (phases.set_hparams).
+HPARAMS = ('lr_scale', 'arch_lr_scale', 'arch_wd_scale', 'tau_scale')
+
+
+def default_hparams() -> dict:
+    return {k: jnp.ones((), jnp.float32) for k in HPARAMS}
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -15,6 +23,15 @@ class TrainState:
     batch_stats: dict
     weight_opt_state: optax.OptState
     arch_opt_state: optax.OptState
+    hparams: dict = flax.struct.field(default_factory=default_hparams)  # HPARAMS -> f32 scalar
+
+
+def with_hparams(state: TrainState, **values: float) -> TrainState:
+    """`state` with some HPARAMS set (new traced values of the same shape: no recompile)."""
+    unknown = set(values) - set(HPARAMS)
+    if unknown:
+        raise ValueError(f'unknown hyper-parameters {sorted(unknown)}; allowed: {HPARAMS}')
+    return state.replace(hparams={**state.hparams, **{k: jnp.asarray(v, jnp.float32) for k, v in values.items()}})
 
 
 def create_train_state(variables: dict, weight_tx: optax.GradientTransformation,

@@ -130,6 +130,39 @@ def test_nan_rolls_back_and_finishes(tmp_path, monkeypatch):
     assert np.isfinite(summary['val_acc'])
 
 
+def test_monitor_actions_and_nan_rollback_compile_nothing(tmp_path, monkeypatch):
+    """Hyper-parameters live in the state: a run whose monitor lowers the arch lr every search epoch, whose
+    collapse remedy raises the arch weight decay and whose NaN guard halves the lr traces exactly the
+    programs of the same run without them (a rebuilt step would trace, and compile, again)."""
+    from jax._src import dispatch
+    from asose_jax.train import run
+    from jax._src import monitoring
+    traces = []
+
+    def listener(event, _secs, **_):
+        if event == dispatch.JAXPR_TRACE_EVENT:
+            traces.append(event)
+    monitoring.register_event_duration_secs_listener(listener)
+
+    def count(c, workdir, callbacks=()):
+        monkeypatch.setattr(phases, 'STEP_CALLBACKS', list(callbacks))
+        traces.clear()
+        run(c, str(workdir))
+        return len(traces), [r for r in map(json.loads, open(workdir / 'metrics.jsonl')) if 'event' in r]
+
+    c = ckpt_tiny_config.get_config()
+    c.growth.trigger, c.search.search_epochs, c.optimize.epochs = 'none', 4, 1
+    count(c, tmp_path / 'warm')  # this process's first run also traces what is cached for later ones
+    plain, _ = count(c, tmp_path / 'plain')
+    c.monitor.update(window=3, oscillation_threshold=1e-9, on_oscillation='lower_arch_lr')
+    c.monitor.update(max_param_free=0, collapse_remedy='raise_arch_wd')
+    acted, events = count(c, tmp_path / 'acted', [fault_injection.nan_at('search', 5)])
+    kinds = [e['event'] for e in events]
+    assert 'nan_rollback' in kinds and 'monitor_action' in kinds and 'collapse_warning' in kinds, kinds
+    monitoring.unregister_event_duration_listener(listener)
+    assert acted == plain, (acted, plain)
+
+
 def test_nan_retries_exhausted_names_phase_and_steps(tmp_path, monkeypatch):
     from asose_jax.train import run
     c = ckpt_tiny_config.get_config()
@@ -151,3 +184,18 @@ def test_execution_forms_do_not_block_a_resume():
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == []
     c.model.C = 8
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == ['model.C']
+
+
+def test_checkpoint_without_hparams_restores_with_defaults(tmp_path):
+    """A checkpoint written before the state held its hyper-parameters (format 1) still resumes."""
+    from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+    from asose_jax.train_state import create_train_state, with_hparams
+    params = {'weights': {'w': np.arange(3, dtype=np.float32)}, 'arch': {'cell': np.ones((2, 2), np.float32)}}
+    state = create_train_state({'params': params}, weight_transform(WeightOptConfig(), 10),
+                               arch_transform(ArchOptConfig()))
+    checkpoint.RunCheckpoints(str(tmp_path)).save(state.replace(hparams={}), {'format': 1, 'phase': 'search'})
+    abstract = jax.eval_shape(lambda: with_hparams(state, lr_scale=0.5))
+    _, meta, restored = checkpoint.RunCheckpoints(str(tmp_path)).restore_latest(lambda m: abstract)
+    assert meta['format'] == 1 and sorted(restored.hparams) == sorted(state.hparams)
+    assert all(float(v) == 1.0 for v in restored.hparams.values())
+    np.testing.assert_array_equal(np.asarray(restored.params['weights']['w']), params['weights']['w'])

@@ -6,9 +6,9 @@ import pytest
 
 from asose_jax.network import init_search_variables
 from asose_jax.spec import NetworkSpec
-from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, hparam_transforms, weight_transform
 from asose_jax.steps import SearchStepConfig, make_search_steps
-from asose_jax.train_state import create_train_state
+from asose_jax.train_state import create_train_state, with_hparams
 
 
 def _same(a, b):
@@ -102,3 +102,32 @@ def test_pointwise_dot_reaches_the_search_steps(setup):
     assert convs[1] < convs[0], convs
     with pytest.raises(ValueError, match='pointwise_impl'):
         make_search_steps(spec, SearchStepConfig(pointwise_impl='matmul'), wtx, None)
+
+
+def test_runtime_hyperparameters_are_traced(setup):
+    """The state's hparams scale the weight lr, arch lr, arch weight decay and tau inside the compiled
+    steps: new values change the result and compile nothing (a monitor action or a NaN rollback)."""
+    spec, _, fresh = setup
+    wtx, atx = hparam_transforms(WeightOptConfig(), ArchOptConfig(lr=0.01), 100)
+    steps = make_search_steps(spec, SearchStepConfig(tau_steps=10), wtx, atx)
+    key, start = jax.random.key(3), jax.device_get(fresh())
+
+    def weight_delta(**hp):
+        new, m = steps.weight_step(with_hparams(fresh(), **hp), _batch(0), key)
+        return jax.tree_util.tree_map(lambda a, b: np.asarray(a) - b, jax.device_get(new.params['weights']),
+                                      start.params['weights']), float(m['tau'])
+
+    def arch_delta(**hp):
+        new, _ = steps.arch_step(with_hparams(fresh(), **hp), _batch(1), key)
+        return {t: np.asarray(a) - start.params['arch'][t] for t, a in jax.device_get(new.params['arch']).items()}
+
+    full, tau = weight_delta()
+    half, tau_half = weight_delta(lr_scale=0.5, tau_scale=0.5)
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(half)):
+        np.testing.assert_allclose(b, 0.5 * a, rtol=1e-4, atol=1e-7)  # SGD's first step is linear in lr
+    assert tau_half == pytest.approx(0.5 * tau) and np.abs(jax.tree_util.tree_leaves(full)[0]).max() > 0
+    arch, arch_slow = arch_delta(), arch_delta(arch_lr_scale=0.25)
+    for t in arch:
+        np.testing.assert_allclose(arch_slow[t], 0.25 * arch[t], rtol=1e-4, atol=1e-8)
+    assert any(not np.allclose(arch[t], arch_delta(arch_wd_scale=1e4)[t]) for t in arch)
+    assert steps.traces == {'weight_step': 1, 'arch_step': 1}
