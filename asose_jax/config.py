@@ -3,8 +3,9 @@ and the translation into the frozen specs the steps are compiled for."""
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
-from asose_jax import stability
+from asose_jax import execution, stability
 from asose_jax.data import DATASETS, SOURCES
 from asose_jax.genotype import PRIMITIVES
 from asose_jax.nb201_genotype import NB201_OPS
@@ -41,17 +42,16 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     c.model = dict(space='darts',            # 'darts' | 'nb201' (NAS-Bench-201 cells and macro network)
                    C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
                    cells_per_stage=5,        # nb201: N cells in each of the three stages
-                   primitives=list(PRIMITIVES), depthwise_impl='conv',
-                   pointwise_impl='conv',    # 'dot': 1x1 convs as matmuls (N=8 GPU sweep 1.40x, CPU DARTS shape
-                                             # 3.1x; the unoptimised CPU test compiles are slower; at the DARTS
-                                             # shape jax 0.11.2's GPU compiler aborts on it: README)
+                   primitives=list(PRIMITIVES),
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
-                   remat=False,              # recompute cell activations in the backward pass (CPU smoke: 0.87x)
-                   remat_branch=False,       # recompute each op in the backward pass (CPU DARTS: 1.64-1.89x)
-                   unroll_edges=False,       # unroll the cells' edge scans (CPU mixture: 1.34-1.69x; single path 0.61x)
-                   materialize_edge_grads=False)  # each edge's input gradient in its own fusion, not inside the
-                                             # loop's one-thread in-place update (CPU DARTS mixture with remat_branch:
-                                             # 1.16x; cells.materialized_cotangent)
+                   remat=False,              # recompute each cell's activations in the backward pass
+                   # the execution form (same parameters and values): chosen by asose_jax/execution.py from
+                   # the backend when 'auto' / None; a value overrides the choice
+                   depthwise_impl='auto',    # 'conv' (grouped conv) | 'shift' (k*k shifted multiply-adds)
+                   pointwise_impl='auto',    # 'conv' | 'dot' (1x1 convs as matmuls)
+                   remat_branch=placeholder(bool),    # recompute each candidate op in the backward pass
+                   unroll_edges=placeholder(bool),    # unroll the cells' edge scans
+                   materialize_edge_grads=placeholder(bool))  # each edge's input gradient in its own fusion
     c.search = dict(
         batch_size=64,
         warmup_epochs=10,
@@ -126,9 +126,8 @@ SMOKE_VARIANTS = ('smoke', 'smoke_growth')
 
 
 def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
-    """A CPU-sized run (2 min 34 s on a 2-core Xeon; README): 16x16 images, a small supernet in the CPU
-    recipe (`shift` depthwise convs and pools, matmul 1x1s, remat_branch), single-path Gumbel, a small
-    derived net. Each train step compiles in ~20 s (Xeon) to 1-2 minutes (a 2-core EPYC), so the plain
+    """A CPU-sized run (2 min 34 s on a 2-core Xeon; README): 16x16 images, a small supernet (on the CPU
+    its execution form is the CPU recipe: asose_jax/execution.py), single-path Gumbel, a small derived net. Each train step compiles in ~20 s (Xeon) to 1-2 minutes (a 2-core EPYC), so the plain
     smoke run does not grow (a growth recompiles the weight and arch steps); `growth=True` (the
     `smoke_growth` variant) adds a depth growth after search epoch 1 (untimed; ~4 minutes more
     estimated from those compile times)."""
@@ -138,11 +137,6 @@ def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     c.data.image_size = 16
     c.model.C = 4
     c.model.layers = 3
-    # the CPU recipe (same parameters as the defaults): on the 2-core Xeon the search steps ran 4.1x the
-    # images/s of conv/conv, the whole run 2 min 34 s instead of 3 min 16 s, and the unoptimised e2e test
-    # 95 s instead of 106 s (README "Measured")
-    c.model.depthwise_impl, c.model.pointwise_impl, c.model.remat_branch = 'shift', 'dot', True
-    c.model.materialize_edge_grads = True  # mixture steps 1.13x here, 1.16-1.29x at the DARTS shape; single path 1.0x
     c.search.batch_size = 64
     c.search.warmup_epochs = 1
     c.search.search_epochs = 3
@@ -197,7 +191,6 @@ def nb201_smoke_overrides(c: ml_collections.ConfigDict) -> None:
     c.data.image_size = 16
     c.model.C = 8
     c.model.cells_per_stage = 2
-    c.model.pointwise_impl = 'dot'
     c.search.update(dict(warmup_epochs=2, search_epochs=20, sampling='softmax', hard=False, single_path=False,
                          eval_mode='softmax', beta_reg=5.0))
     c.arch_optim.lr = 3e-3
@@ -260,14 +253,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
                'networks is not implemented)')
     _check(any(p != 'none' for p in m.primitives), 'model.primitives', list(m.primitives),
            "at least one op other than 'none' (derive picks the strongest non-none op)")
-    _check(m.depthwise_impl in DEPTHWISE_IMPLS, 'model.depthwise_impl', m.depthwise_impl, str(DEPTHWISE_IMPLS))
-    _check(m.pointwise_impl in POINTWISE_IMPLS, 'model.pointwise_impl', m.pointwise_impl, str(POINTWISE_IMPLS))
+    _check(m.depthwise_impl in ('auto',) + DEPTHWISE_IMPLS, 'model.depthwise_impl', m.depthwise_impl,
+           str(('auto',) + DEPTHWISE_IMPLS))
+    _check(m.pointwise_impl in ('auto',) + POINTWISE_IMPLS, 'model.pointwise_impl', m.pointwise_impl,
+           str(('auto',) + POINTWISE_IMPLS))
     _check(m.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype', m.compute_dtype, str(COMPUTE_DTYPES))
     _check(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
-    _check(isinstance(m.remat_branch, bool), 'model.remat_branch', m.remat_branch, 'True or False')
-    _check(isinstance(m.unroll_edges, bool), 'model.unroll_edges', m.unroll_edges, 'True or False')
-    _check(isinstance(m.materialize_edge_grads, bool), 'model.materialize_edge_grads', m.materialize_edge_grads,
-           'True or False')
+    for f in ('remat_branch', 'unroll_edges', 'materialize_edge_grads'):
+        _check(m[f] is None or isinstance(m[f], bool), f'model.{f}', m[f], 'None (chosen: asose_jax/execution.py), '
+               'True or False')
     _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
            'True (shard the batch over all local devices) or False')
     _check(isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1, 'sweep.seeds', c.sweep.seeds, 'an integer >= 1')
@@ -369,10 +363,13 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
         tau_steps=max(s.search_epochs * n_batches, 1),
         tau_start=s.warmup_epochs * n_batches if phase == 'search' else 0,
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,
-        unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, depthwise_impl=c.model.depthwise_impl,
-        pointwise_impl=c.model.pointwise_impl, compute_dtype=c.model.compute_dtype, remat=c.model.remat,
-        remat_branch=c.model.remat_branch, unroll_edges=c.model.unroll_edges,
-        materialize_edge_grads=c.model.materialize_edge_grads)
+        unrolled_wd=c.weight_optim.weight_decay, eval_mode=s.eval_mode, compute_dtype=c.model.compute_dtype,
+        remat=c.model.remat, **execution_form(c))
+
+
+def execution_form(c: ml_collections.ConfigDict) -> dict:
+    """The model's execution-form fields, 'auto' / None resolved for this backend (asose_jax/execution.py)."""
+    return execution.resolve(c.model, c.search.fast_compile)
 
 
 def weight_opt_config(c: ml_collections.ConfigDict) -> WeightOptConfig:

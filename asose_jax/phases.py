@@ -348,7 +348,7 @@ def abstract_search_state(ctx: RunContext, spec: NetworkSpec):
     c = ctx.config
     txs = search_txs(c, ctx.weights_split.num_batches(c.search.batch_size))
     size = int(ctx.train_split.images.shape[1])
-    return jax.eval_shape(lambda k: create_train_state(init_search_variables(spec, k, size, c.model.depthwise_impl),
+    return jax.eval_shape(lambda k: create_train_state(init_search_variables(spec, k, size, config_lib.execution_form(c)['depthwise_impl']),
                                                        *txs), ctx.keys['init'])
 
 

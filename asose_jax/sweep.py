@@ -142,7 +142,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) 
     weight_tx = weight_transform(config_lib.weight_opt_config(c), total)
     arch_cfg = config_lib.arch_opt_config(c)
     state = init_states(spec, keys['init'], [lr for _, lr in mem], splits['train'].images.shape[1], weight_tx,
-                        arch_cfg, c.model.depthwise_impl)
+                        arch_cfg, config_lib.execution_form(c)['depthwise_impl'])
     history, images, timed_s, first_s = [], 0, 0.0, {}
     arch_epoch = 0
     arch_orders, arch_pos, vs = None, 0, None

@@ -115,7 +115,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         spec = config_lib.network_spec(c)
         # the init runs once but compiles the whole forward pass: unoptimised on the CPU
         variables = rarely_run(init_search_variables)(spec, keys['init'], splits['train'].images.shape[1],
-                                                      c.model.depthwise_impl)
+                                                      config_lib.execution_form(c)['depthwise_impl'])
         print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
               f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
         state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))

@@ -1,5 +1,7 @@
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +77,38 @@ def test_model_fast_paths_reach_the_search_steps():
     s = search_step_config(c, 'search', 10)
     assert (s.pointwise_impl, s.remat_branch, s.depthwise_impl, s.unroll_edges, s.materialize_edge_grads) == (
         'dot', True, 'shift', True, True)
+
+
+def test_execution_form_is_chosen_unless_given():
+    """'auto'/None execution fields take asose_jax/execution.py's choice for the backend and compile mode
+    (the CPU recipe when XLA optimises, the plain forms when it does not, `shift` on accelerators); a
+    value given in the config wins."""
+    from asose_jax import execution
+    from asose_jax.compilation import fast_compile
+    c = _load('cifar10', 'smoke')
+    assert c.model.depthwise_impl == 'auto' and c.model.remat_branch is None
+    assert execution.resolve(c.model, backend='cpu', optimized=True) == execution.CPU_RECIPE
+    assert execution.resolve(c.model, backend='cpu', optimized=False) == execution.PLAIN
+    assert execution.resolve(c.model, fast_compile=True, backend='cpu') == execution.PLAIN
+    nb201 = _load('nb201', 'smoke').model
+    assert execution.resolve(nb201, backend='cpu', optimized=True) == execution.NB201_CPU
+    gpu = execution.resolve(c.model, backend='gpu', optimized=True)
+    assert (gpu['depthwise_impl'], gpu['pointwise_impl'], gpu['remat_branch']) == ('shift', 'conv', False)
+    c.model.remat_branch, c.model.pointwise_impl = False, 'conv'
+    form = execution.resolve(c.model, backend='cpu', optimized=True)
+    assert (form['remat_branch'], form['pointwise_impl'], form['depthwise_impl']) == (False, 'conv', 'shift')
+    with fast_compile():  # what the tests' and the rarely run programs' compiles are
+        assert execution.resolve(c.model, backend='cpu')['depthwise_impl'] == 'conv'
+
+
+def test_execution_override_parses_on_the_command_line():
+    """`--config.model.remat_branch=True` on a field that defaults to None (chosen) is a bool override."""
+    argv = ['x', '--config', 'configs/cifar10.py:smoke', '--config.model.remat_branch=True',
+            '--config.model.depthwise_impl=conv']
+    r = subprocess.run([sys.executable, '-c', (
+        'import sys; from absl import flags; from ml_collections import config_flags; '
+        f"c = config_flags.DEFINE_config_file('config'); sys.argv = {argv!r}; flags.FLAGS(sys.argv); "
+        'print(repr(c.value.model.remat_branch), c.value.model.depthwise_impl, repr(c.value.model.unroll_edges))')],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ['True', 'conv', 'None'], r.stdout

@@ -29,7 +29,7 @@ def optimized_optimize_phase(monkeypatch):
 
 @pytest.mark.e2e
 def test_smoke_search_learns(subset_dir, tmp_path, optimized_optimize_phase):
-    c = _load('cifar10', 'smoke')  # 16x16, C=4, 3 cells, hard single-path search in the CPU recipe
+    c = _load('cifar10', 'smoke')  # 16x16, C=4, 3 cells
     c.data.dir = subset_dir
     c.search.search_epochs = 1
     c.growth.trigger = 'none'
