@@ -33,8 +33,9 @@ FORMAT = 2  # 2: the TrainState holds `hparams`; format-1 checkpoints (without) 
 SHAPE_FIELDS = ('seed', 'data.', 'model.', 'search.batch_size', 'search.arch_every', 'search.warmup_epochs',
                 'search.search_epochs', 'optimize.C', 'optimize.layers', 'optimize.batch_size', 'optimize.epochs',
                 'optimize.auxiliary', 'growth.', 'parallel.')
-# ... but not these: how the same parameters are computed (a checkpoint from before a field existed resumes too)
-IGNORED_FIELDS = ('data.eval_batch_size', 'progress', 'checkpoint.', 'model.depthwise_impl', 'model.pointwise_impl',
+# ... but not these: how the same parameters are computed, where the same archive comes from (a checkpoint
+# from before a field existed resumes too)
+IGNORED_FIELDS = ('data.eval_batch_size', 'data.url', 'data.md5', 'data.cache_dir', 'progress', 'checkpoint.', 'model.depthwise_impl', 'model.pointwise_impl',
                   'model.remat', 'model.remat_branch', 'model.unroll_edges', 'model.materialize_edge_grads')
 
 

@@ -131,8 +131,11 @@ def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     smoke run does not grow (a growth recompiles the weight and arch steps); `growth=True` (the
     `smoke_growth` variant) adds a depth growth after search epoch 1 (untimed; ~4 minutes more
     estimated from those compile times)."""
-    c.data.source = 'cifar_dir'
-    c.data.dir = '../shared/data/cifar10-subset'
+    if c.data.dataset == 'cifar10':  # the bundled real-image subset
+        c.data.source = 'cifar_dir'
+        c.data.dir = '../shared/data/cifar10-subset'
+    else:  # no bundled subset: the downloaded archive, cut to the subset's size
+        c.data.max_train, c.data.max_test = 4068, 1017
     c.data.eval_batch_size = 512
     c.data.image_size = 16
     c.model.C = 4

@@ -199,3 +199,16 @@ def test_checkpoint_without_hparams_restores_with_defaults(tmp_path):
     assert meta['format'] == 1 and sorted(restored.hparams) == sorted(state.hparams)
     assert all(float(v) == 1.0 for v in restored.hparams.values())
     np.testing.assert_array_equal(np.asarray(restored.params['weights']['w']), params['weights']['w'])
+
+
+def test_data_archive_fields_do_not_block_a_resume():
+    """data.url / md5 / cache_dir say where the same archive comes from: a checkpoint from before they
+    existed, or with another mirror, resumes; another data.dir does not."""
+    saved = checkpoint.config_dict(ckpt_tiny_config.get_config())
+    for k in ('url', 'md5', 'cache_dir'):
+        del saved['data'][k]
+    c = ckpt_tiny_config.get_config()
+    c.data.url, c.data.cache_dir = 'file:///mirror/cifar-10-python.tar.gz', '/elsewhere'
+    assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == []
+    c.data.dir = '/other'
+    assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == ['data.dir']

@@ -112,3 +112,11 @@ def test_execution_override_parses_on_the_command_line():
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ['True', 'conv', 'None'], r.stdout
+
+
+def test_cifar100_smoke_downloads_a_subset_sized_split():
+    """No CIFAR-100 subset is bundled: its smoke variant reads the downloaded archive, cut to the
+    CIFAR-10 subset's size, instead of pointing at the CIFAR-10 folder."""
+    c = _load('cifar100', 'smoke')
+    assert (c.data.source, c.data.dir, c.data.max_train, c.data.max_test) == ('download', '', 4068, 1017)
+    assert _load('cifar10', 'smoke').data.source == 'cifar_dir'

@@ -282,6 +282,7 @@ def test_download_is_the_default_and_validated():
 @pytest.mark.parametrize('module, args', [
     ('asose_jax.train', ['--config', 'configs/cifar10.py']),
     ('asose_jax.evaluate', ['--config', 'configs/eval_cifar10.py', '--genotype', 'DARTS_V2']),
+    ('asose_jax.sweep', ['--config', 'configs/cifar10.py']),
 ])
 def test_cli_offline_is_one_error_line(tmp_path, module, args):
     url = _closed_port_url()
