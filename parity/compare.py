@@ -1,6 +1,7 @@
 """Runs the same search steps in JAX and PyTorch and prints max abs differences per tensor group.
 
     python -m parity.compare --config configs/cifar10.py:smoke --steps 20 [--drop_ops=max_pool_3x3] [--config.x=y ...]
+    python -m parity.compare --config configs/nb201.py:smoke --steps 5   # the NAS-Bench-201 space
 
 With max_pool_3x3 in the space the trajectories part after a few steps while first-step values agree:
 a max pool's output and gradient jump when two inputs of a window trade places, and the ~1e-7 drift
@@ -10,8 +11,11 @@ iterations, then 3e-4 after one weight step). Exact ties are not the cause: XLA'
 
 Both sides start from the converted initial JAX state, see the same already-augmented float batches
 (augmented once on the JAX side with asose_jax.data.augment) and the same JAX-drawn Gumbel noise. The
-JAX side is SearchNetwork.apply + gumbel.sample_tree + the optax transforms of asose_jax.optim, in
-the order of asose_jax.steps (one weight step, then one arch step, per iteration).
+JAX side is network.search_network(spec).apply + gumbel.sample_tree + the optax transforms of asose_jax.optim, in
+the order of asose_jax.steps (one weight step, then one arch step, per iteration); the torch side is
+torch_network.torch_search_network(spec), the twin of the spec's space. Edge weights are always Gumbel
+samples (hard or soft per config.search.hard): the config's `sampling`, `beta_reg` and tau schedule are not
+modelled.
 """
 from __future__ import annotations
 
@@ -27,14 +31,14 @@ import optax
 import torch
 
 from asose_jax import gumbel
-from asose_jax.genotype import derive
-from asose_jax.network import CELL_TYPES, SearchNetwork
+from asose_jax.genotype import derive_arch
+from asose_jax.network import search_network
 from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
 from asose_jax.spec import NetworkSpec
 from asose_jax.steps import cross_entropy
 from parity import torch_steps
 from parity.convert import flax_to_torch
-from parity.torch_network import TorchSearchNetwork
+from parity.torch_network import torch_search_network
 
 
 # ----------------------------------------------------------------------------- JAX side
@@ -54,7 +58,7 @@ def make_jax_grad_fn(spec: NetworkSpec, single_path: bool, depthwise_impl: str =
     compiled program; eval_logits use the same edge weights with the incoming batch statistics.
     depthwise_impl: the JAX form of the depthwise convs and pools ('conv' or 'shift', same parameters).
     """
-    model = SearchNetwork(spec, depthwise_impl)
+    model = search_network(spec, depthwise_impl)
 
     def edge_weights(arch, key, tau, hard):
         h, s = gumbel.sample_tree(key, arch, tau, True), gumbel.sample_tree(key, arch, tau, False)
@@ -81,7 +85,7 @@ def make_jax_grad_fn(spec: NetworkSpec, single_path: bool, depthwise_impl: str =
 
 def make_jax_forward_fn(spec: NetworkSpec, single_path: bool):
     """jit((weights, batch_stats, x, edge_weights) -> (train_logits, eval_logits))."""
-    model = SearchNetwork(spec)
+    model = search_network(spec)
 
     def fn(weights, batch_stats, x, ew):
         v = {'params': weights, 'batch_stats': batch_stats}
@@ -101,8 +105,9 @@ def nchw(x_nhwc) -> torch.Tensor:
     return to_torch(np.asarray(x_nhwc).transpose(0, 3, 1, 2))
 
 
-def torch_model(spec: NetworkSpec, variables: dict) -> TorchSearchNetwork:
-    model = TorchSearchNetwork(spec)
+def torch_model(spec: NetworkSpec, variables: dict) -> torch.nn.Module:
+    """The spec's torch twin holding the converted JAX variables."""
+    model = torch_search_network(spec)
     model.load_state_dict(flax_to_torch(spec, variables))
     return model
 
@@ -129,11 +134,11 @@ def labels(y) -> torch.Tensor:
     return torch.from_numpy(np.array(y, dtype=np.int64))
 
 
-def torch_grads(model: TorchSearchNetwork) -> dict:
+def torch_grads(model: torch.nn.Module) -> dict:
     return {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
 
 
-def torch_batch_stats(model: TorchSearchNetwork) -> dict:
+def torch_batch_stats(model: torch.nn.Module) -> dict:
     return {k: v for k, v in model.state_dict().items() if k.endswith(('running_mean', 'running_var'))}
 
 
@@ -221,7 +226,7 @@ def trajectory(spec: NetworkSpec, variables: dict, batches: Sequence[tuple], key
     sgd, sched, adam = torch_steps.make_optimizers(model, s.weight, s.arch, steps)
     named = dict(model.named_parameters())
     w_keys = [n for n in named if not n.startswith('arch.')]
-    a_keys = [f'arch.{t}' for t in CELL_TYPES]
+    a_keys = [f'arch.{t}' for t in spec.cell_types]
     losses, history = [], []
     for i in range(steps):
         tau = float(gumbel.temperature(i, steps, s.tau_max, s.tau_min))
@@ -244,10 +249,8 @@ def trajectory(spec: NetworkSpec, variables: dict, batches: Sequence[tuple], key
                 stats = torch_batch_stats(model)
                 history.append(tuple(_worst(ref, group) for group in (
                     {k: named[k] for k in w_keys}, {k: named[k] for k in a_keys}, stats)))
-    arch = _host(params['arch'])
-    g_jax = derive(arch['normal'], arch['reduce'], spec.steps, spec.multiplier, spec.primitives)
-    g_torch = derive(model.arch['normal'].detach().numpy(), model.arch['reduce'].detach().numpy(),
-                     spec.steps, spec.multiplier, spec.primitives)
+    g_jax = _genotype(spec, _host(params['arch']))
+    g_torch = _genotype(spec, {t: a.detach().numpy() for t, a in model.arch.items()})
     out = {'loss (max over steps)': max(losses),
            f'weights after {steps} steps': history[-1][0][0],
            f'arch logits after {steps} steps': history[-1][1][0],
@@ -257,6 +260,11 @@ def trajectory(spec: NetworkSpec, variables: dict, batches: Sequence[tuple], key
     if per_step:
         out['per step'], out['loss per step'] = history, losses
     return out
+
+
+def _genotype(spec: NetworkSpec, arch: dict):
+    """The derived cell(s) of arch logits in the spec's space."""
+    return derive_arch(arch, spec.space, spec.steps, spec.multiplier, spec.primitives)
 
 
 def _worst(ref: dict, tensors: dict) -> tuple[float, str]:

@@ -1,4 +1,5 @@
-"""The search network in PyTorch (NCHW): asose_jax.network.SearchNetwork's twin.
+"""The search network in PyTorch (NCHW): asose_jax.network.SearchNetwork's twin, and `torch_search_network`,
+the one factory that picks the twin of a spec's space (NAS-Bench-201: parity/torch_nb201.py).
 
 It takes the edge weights as input and never samples noise. Modules are named after the Flax
 module paths (`cell{i}`, `pre0`, `stem_conv`, ...); the scanned Flax edges become `cell{i}.edges.{d}`
@@ -14,7 +15,6 @@ import torch
 from torch import nn
 
 from asose_jax.cells import input_edges, node_edges
-from asose_jax.network import CELL_TYPES
 from asose_jax.spec import NetworkSpec
 from parity.torch_ops import (BatchNorm, FactorizedReduce, ReLUConvBN, conv, make_op,
                               set_running_var_mode)
@@ -33,14 +33,15 @@ def drop_path(x, rate: float, training: bool):
 class MixedOp(nn.Module):
     """sum_k w_k * op_k(x); single_path evaluates only op argmax(w), times w[argmax] (as cells.MixedOp),
     so straight-through gradients reach every logit of the edge. Ops in `gated` (growth's branch ops)
-    are scaled by a scalar `gate_<op>` that starts at zero; drop-path on the edge output in train mode."""
+    are scaled by a scalar `gate_<op>` that starts at zero; drop-path on the edge output in train mode.
+    pool_bn: DARTS follows pools with a non-affine BN, NAS-Bench-201 does not (as cells.MixedOp)."""
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str], gated: Sequence[str] = (),
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, pool_bn: bool = True):
         super().__init__()
         self.primitives, self.drop_path_rate = tuple(primitives), drop_path_rate
         for p in self.primitives:  # registered by name, so keys read edges.<d>.<op>... like Flax's mixed/<op>
-            self.add_module(p, make_op(p, C, stride, affine=False, search=True))
+            self.add_module(p, make_op(p, C, stride, affine=False, search=pool_bn))
         self.gated = tuple(gated)
         for p in self.gated:
             self.register_parameter(f'gate_{p}', nn.Parameter(torch.zeros(())))
@@ -98,7 +99,23 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
-class TorchSearchNetwork(nn.Module):
+class ArchParams:
+    """The arch logits `arch.<cell type>` (DARTS init) and the weight/arch parameter split that both twins
+    share, so that torch_steps drives either one."""
+
+    def _init_arch(self, spec: NetworkSpec):
+        self.arch = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(spec.num_edges, spec.num_ops))
+                                      for t in spec.cell_types})
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Everything but the arch logits (the weight optimiser's parameters)."""
+        return [p for n, p in self.named_parameters() if not n.startswith('arch.')]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.arch[t] for t in self.spec.cell_types]
+
+
+class TorchSearchNetwork(ArchParams, nn.Module):
     """Stem, the cells of `spec` (residual cells through a zero-init BN gate, attention cells ending in a
     squeeze-excite gate `cell{i}_se`), GAP, dropout, linear classifier.
 
@@ -108,6 +125,9 @@ class TorchSearchNetwork(nn.Module):
 
     def __init__(self, spec: NetworkSpec, running_var: str = 'biased'):
         super().__init__()
+        if spec.space != 'darts':
+            raise ValueError(f'TorchSearchNetwork is the DARTS-space twin, got space {spec.space!r}: '
+                             'use torch_search_network(spec)')
         self.spec = spec
         self.stem_conv = conv(3, spec.stem_C, 3, 1, 1)
         self.stem_bn = BatchNorm(spec.stem_C, affine=True)
@@ -128,16 +148,8 @@ class TorchSearchNetwork(nn.Module):
                 c0, c1, level0, level1 = c1, c_out, level1, level1 + int(cell.reduction)
         self.dropout = nn.Dropout(spec.dropout)
         self.classifier = nn.Linear(c1, spec.num_classes)
-        self.arch = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(spec.num_edges, spec.num_ops))
-                                      for t in CELL_TYPES})
+        self._init_arch(spec)
         set_running_var_mode(self, running_var)
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        """Everything but the arch logits (the weight optimiser's parameters)."""
-        return [p for n, p in self.named_parameters() if not n.startswith('arch.')]
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.arch[t] for t in CELL_TYPES]
 
     def forward(self, x, edge_weights: dict, single_path: bool = False):
         s0 = s1 = self.stem_bn(self.stem_conv(x))
@@ -151,3 +163,11 @@ class TorchSearchNetwork(nn.Module):
             else:
                 s0, s1 = s1, out
         return self.classifier(self.dropout(s1.mean(dim=(2, 3))))
+
+
+def torch_search_network(spec: NetworkSpec, running_var: str = 'biased') -> nn.Module:
+    """The torch twin of `asose_jax.network.search_network(spec)`, by `spec.space`; callers never pick one."""
+    if spec.space == 'nb201':
+        from parity.torch_nb201 import TorchNB201Network  # noqa: PLC0415 (it imports MixedOp from here)
+        return TorchNB201Network(spec, running_var)
+    return TorchSearchNetwork(spec, running_var)

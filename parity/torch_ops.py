@@ -1,5 +1,5 @@
-"""DARTS primitives in PyTorch (NCHW), named like their Flax twins in asose_jax/ops.py so that the
-state_dict keys follow the Flax module paths (see convert.py)."""
+"""DARTS and NAS-Bench-201 primitives in PyTorch (NCHW), named like their Flax twins in asose_jax/ops.py so
+that the state_dict keys follow the Flax module paths (see convert.py)."""
 from __future__ import annotations
 
 import torch
@@ -133,7 +133,12 @@ class Pool(nn.Module):
 
 
 def make_op(primitive: str, C: int, stride: int, affine: bool, *, search: bool = False) -> nn.Module:
-    """Builds one DARTS primitive on C channels (asose_jax.ops.make_op's twin)."""
+    """Builds one DARTS or NAS-Bench-201 primitive on C channels (asose_jax.ops.make_op's twin). `search=True`
+    adds DARTS' BN after the pools (NAS-Bench-201 cells pass False)."""
+    if primitive == 'nor_conv_1x1':
+        return ReLUConvBN(C, C, 1, stride, 0, affine)
+    if primitive == 'nor_conv_3x3':
+        return ReLUConvBN(C, C, 3, stride, 1, affine)
     if primitive == 'none':
         return Zero(stride)
     if primitive == 'max_pool_3x3':

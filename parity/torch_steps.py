@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from asose_jax.optim import ArchOptConfig, WeightOptConfig
-from parity.torch_network import TorchSearchNetwork
+from torch import nn
 
 
-def make_optimizers(model: TorchSearchNetwork, weight_cfg: WeightOptConfig, arch_cfg: ArchOptConfig,
+def make_optimizers(model: nn.Module, weight_cfg: WeightOptConfig, arch_cfg: ArchOptConfig,
                     total_steps: int):
     """(weight SGD, its per-step cosine scheduler, arch Adam)."""
     sgd = torch.optim.SGD(model.weight_parameters(), lr=weight_cfg.lr, momentum=weight_cfg.momentum,
@@ -39,7 +39,7 @@ def sample_edge_weights(logits: dict, noise: dict, tau: float, hard: bool) -> di
     return out
 
 
-def loss_and_logits(model: TorchSearchNetwork, x, y, edge_weights: dict, single_path: bool):
+def loss_and_logits(model: nn.Module, x, y, edge_weights: dict, single_path: bool):
     logits = model(x, edge_weights, single_path)
     return F.cross_entropy(logits, y), logits
 
@@ -50,7 +50,7 @@ def _zero_missing_grads(params):
             p.grad = torch.zeros_like(p)
 
 
-def weight_step(model: TorchSearchNetwork, sgd, sched, x, y, noise: dict, tau: float, hard: bool,
+def weight_step(model: nn.Module, sgd, sched, x, y, noise: dict, tau: float, hard: bool,
                 single_path: bool, grad_clip: float) -> float:
     """One weight step on edge weights sampled from the detached logits; returns the loss."""
     model.train()
@@ -67,7 +67,7 @@ def weight_step(model: TorchSearchNetwork, sgd, sched, x, y, noise: dict, tau: f
     return float(loss.detach())
 
 
-def arch_step(model: TorchSearchNetwork, adam, x, y, noise: dict, tau: float, hard: bool, single_path: bool) -> float:
+def arch_step(model: nn.Module, adam, x, y, noise: dict, tau: float, hard: bool, single_path: bool) -> float:
     """One first-order arch step through the sampled edge weights; returns the loss."""
     model.train()
     model.zero_grad(set_to_none=True)
