@@ -126,11 +126,11 @@ SMOKE_VARIANTS = ('smoke', 'smoke_growth')
 
 
 def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
-    """A CPU-sized run (2 min 34 s on a 2-core Xeon; README): 16x16 images, a small supernet (on the CPU
-    its execution form is the CPU recipe: asose_jax/execution.py), single-path Gumbel, a small derived net. Each train step compiles in ~20 s (Xeon) to 1-2 minutes (a 2-core EPYC), so the plain
-    smoke run does not grow (a growth recompiles the weight and arch steps); `growth=True` (the
-    `smoke_growth` variant) adds a depth growth after search epoch 1 (untimed; ~4 minutes more
-    estimated from those compile times)."""
+    """A CPU-sized run (README, "Measured"): 16x16 images, a small supernet (on the CPU its execution form
+    is the CPU recipe: asose_jax/execution.py) searched as a soft mixture, a small derived net. Each train
+    step compiles in ~20 s (Xeon) to ~1 minute (a 2-core EPYC), so the plain smoke run does not grow (a
+    growth recompiles the weight and arch steps); `growth=True` (the `smoke_growth` variant) adds a depth
+    growth after search epoch 1 (untimed). Search quality of this recipe: bench/RESULTS.md."""
     if c.data.dataset == 'cifar10':  # the bundled real-image subset
         c.data.source = 'cifar_dir'
         c.data.dir = '../shared/data/cifar10-subset'
@@ -141,8 +141,10 @@ def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     c.model.C = 4
     c.model.layers = 3
     c.search.batch_size = 64
-    c.search.warmup_epochs = 1
-    c.search.search_epochs = 3
+    # the NB201 smoke search's algorithm (one for both spaces): the soft mixture with beta-decay,
+    # evaluated as its mixture; the GDAS single path collapsed the normal cell to parameter-free ops
+    c.search.update(dict(warmup_epochs=2, search_epochs=8, sampling='softmax', hard=False, single_path=False,
+                         eval_mode='softmax', beta_reg=5.0))
     if growth:
         c.growth.trigger = 'schedule'
         c.growth.schedule = '1:depth'

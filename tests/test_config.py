@@ -63,7 +63,7 @@ def test_bad_values_name_the_field(field, value, fragment):
 
 def test_single_path_needs_hard():
     c = _load('cifar10', 'smoke')
-    c.search.hard = False
+    c.search.sampling, c.search.single_path, c.search.hard = 'gumbel', True, False
     with pytest.raises(ConfigError, match='search.single_path'):
         validate(c)
 

@@ -31,7 +31,7 @@ def optimized_optimize_phase(monkeypatch):
 def test_smoke_search_learns(subset_dir, tmp_path, optimized_optimize_phase):
     c = _load('cifar10', 'smoke')  # 16x16, C=4, 3 cells
     c.data.dir = subset_dir
-    c.search.search_epochs = 1
+    c.search.warmup_epochs, c.search.search_epochs = 1, 1
     c.growth.trigger = 'none'
     c.data.max_train = 1024
     c.data.max_test = 512

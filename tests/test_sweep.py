@@ -28,6 +28,7 @@ def tiny_config():
     c.model.C, c.model.layers, c.model.steps, c.model.multiplier = 4, 1, 1, 1
     c.model.primitives = ['skip_connect', 'dil_conv_3x3', 'avg_pool_3x3']
     c.search.batch_size, c.search.warmup_epochs, c.search.search_epochs, c.search.arch_every = 8, 0, 1, 2
+    c.search.sampling, c.search.beta_reg, c.search.eval_mode = 'gumbel', 0.0, 'argmax'
     c.search.hard, c.search.single_path = True, True  # the sweep must switch single path off itself
     c.sweep.seeds, c.sweep.arch_lrs = 1, ','.join(map(str, LRS))
     return c
