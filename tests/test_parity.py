@@ -15,50 +15,26 @@ import torch
 
 from asose_jax import growth
 from asose_jax.genotype import PRIMITIVES
-from asose_jax.network import init_search_variables
 from asose_jax.ops import Pool
 from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
 from asose_jax.spec import NetworkSpec
 from parity import compare, convert, torch_steps
 from parity.torch_network import TorchSearchNetwork
+from parity_checks import (LOGITS_TOL, assert_first_step_agrees, assert_round_trip_exact,  # noqa: F401
+                           assert_trajectory_agrees, one_torch_thread, random_variables)
 
 pytestmark = pytest.mark.parity
 
-LOGITS_TOL = 1e-4      # max abs diff of logits, train and eval mode
-LOSS_TOL = 1e-5        # abs diff of the loss
-GRAD_REL_TOL = 1e-4    # max abs diff of a gradient group / its global L2 norm
-TRAJECTORY_TOL = 1e-3  # max abs diff of weights, arch logits and batch stats after STEPS iterations
 STEPS = 20
 BATCH, SIZE = 8, 8
 GROWTH_CHAIN = (('depth', {}), ('attention', {}), ('width', {'factor': 1.5}), ('branch', {'op': 'dil_conv_3x3'}),
                 ('regularise', {'drop_path': 0.2, 'dropout': 0.3}))
 
 
-def random_variables(spec: NetworkSpec, seed: int) -> dict:
-    """Flax variables from a torch init, with random BN scales/biases/statistics and gate scales so that
-    every leaf matters (a zero gate or unit running variance would hide errors)."""
-    torch.manual_seed(seed)
-    sd = TorchSearchNetwork(spec).state_dict()
-    for k, v in sd.items():
-        if k.endswith('running_mean') or k.endswith('bias'):
-            sd[k] = 0.1 * torch.randn_like(v)
-        elif k.endswith('running_var') or (v.ndim == 1 and k.endswith('weight')):
-            sd[k] = 0.5 + torch.rand_like(v)
-    return convert.torch_to_flax(spec, sd)
-
-
 def batches(n: int, seed: int, num_classes: int = 10) -> list:
     rng = np.random.default_rng(seed)
     return [(rng.standard_normal((BATCH, SIZE, SIZE, 3)).astype(np.float32),
              rng.integers(0, num_classes, BATCH)) for _ in range(n)]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')
@@ -93,18 +69,7 @@ def settings(hard: bool) -> compare.Settings:
 
 
 def test_round_trip_is_exact_and_matches_flax_layout(full_spec):
-    spec, variables = full_spec, random_variables(full_spec, 0)
-    reference = jax.eval_shape(lambda k: init_search_variables(spec, k, SIZE), jax.random.key(0))
-    ref_leaves = jax.tree_util.tree_leaves_with_path(reference)
-    leaves = jax.tree_util.tree_leaves_with_path(variables)
-    assert [p for p, _ in leaves] == [p for p, _ in ref_leaves], 'converted tree differs from SearchNetwork.init'
-    for (p, a), (_, r) in zip(leaves, ref_leaves):
-        assert np.shape(a) == r.shape, f'{jax.tree_util.keystr(p)}: {np.shape(a)} vs {r.shape}'
-    back = convert.torch_to_flax(spec, convert.flax_to_torch(spec, variables))
-    back_leaves = jax.tree_util.tree_leaves_with_path(back)
-    assert [p for p, _ in back_leaves] == [p for p, _ in leaves]
-    for (p, a), (_, b) in zip(leaves, back_leaves):
-        assert np.array_equal(np.asarray(a), np.asarray(b)), f'{jax.tree_util.keystr(p)} changed in the round trip'
+    assert_round_trip_exact(full_spec, random_variables(full_spec, 0), SIZE)
 
 
 def test_shape_mismatch_names_the_key(full_spec):
@@ -123,12 +88,7 @@ def test_shape_mismatch_names_the_key(full_spec):
 
 
 def _assert_first_step_agrees(d):
-    """compare.first_step's differences are within the parity tolerances."""
-    assert d['logits (train)'] <= LOGITS_TOL, f"train logits differ by {d['logits (train)']:.3e}"
-    assert d['logits (eval)'] <= LOGITS_TOL, f"eval logits differ by {d['logits (eval)']:.3e}"
-    assert d['loss'] <= LOSS_TOL, f"loss differs by {d['loss']:.3e}"
-    assert d['weight grads / |g|'] <= GRAD_REL_TOL, f"weight grads differ by {d['weight grads / |g|']:.3e} |g|"
-    assert d['arch grads / |g|'] <= GRAD_REL_TOL, f"arch grads differ by {d['arch grads / |g|']:.3e} |g|"
+    assert_first_step_agrees(d)
     assert d['arch grads (abs)'] > 0 or d['arch grads / |g|'] == 0  # sanity: the comparison ran
 
 
@@ -177,10 +137,7 @@ def test_first_step_with_max_pool(max_pool_case, hard):
 def test_trajectory(spec, variables, grad_fn, hard):
     d = compare.trajectory(spec, variables, batches(4, 3), jax.random.key(4), STEPS, settings(hard), grad_fn)
     print({k: v for k, v in d.items() if k != 'genotype'})
-    for name in (f'weights after {STEPS} steps', f'arch logits after {STEPS} steps', f'batch stats after {STEPS} steps'):
-        assert d[name] <= TRAJECTORY_TOL, f'{name}: max abs diff {d[name]:.3e} (worst leaves {d["worst leaves"]})'
-    assert d['loss (max over steps)'] <= 10 * LOSS_TOL, f"loss differs by {d['loss (max over steps)']:.3e}"
-    assert d['genotype identical'], f"derived genotypes differ (JAX: {d['genotype']})"
+    assert_trajectory_agrees(d, STEPS)
 
 
 def test_trajectory_moves_the_params(spec, variables, grad_fn):

@@ -10,30 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from asose_jax.network import init_search_variables
 from asose_jax.optim import ArchOptConfig
 from asose_jax.spec import NetworkSpec
 from parity import compare, convert, torch_steps
 from parity.torch_nb201 import TorchNB201Network
 from parity.torch_network import TorchSearchNetwork, torch_search_network
+from parity_checks import (assert_first_step_agrees, assert_round_trip_exact, assert_trajectory_agrees,  # noqa: F401
+                           one_torch_thread, random_variables)
 
 pytestmark = pytest.mark.parity
 
-LOGITS_TOL = 1e-4      # max abs diff of logits, train and eval mode
-LOSS_TOL = 1e-5        # abs diff of the loss
-GRAD_REL_TOL = 1e-4    # max abs diff of a gradient group / its global L2 norm
-TRAJECTORY_TOL = 1e-3  # max abs diff of weights, arch logits and batch stats after STEPS iterations
 STEPS = 5
 BATCH, SIZE = 8, 8
 MODES = {'soft mixture': (False, False), 'hard single path': (True, True)}  # (hard, single_path)
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny network on a shared CPU: more threads only contend
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')
@@ -43,16 +32,7 @@ def spec():
 
 @pytest.fixture(scope='module')
 def variables(spec):
-    """Flax variables from a torch init with random BN scales, biases and statistics, so that every leaf
-    (eval-mode statistics included) changes the logits."""
-    torch.manual_seed(0)
-    sd = torch_search_network(spec).state_dict()
-    for k, v in sd.items():
-        if k.endswith(('running_mean', 'bias')):
-            sd[k] = 0.1 * torch.randn_like(v)
-        elif k.endswith('running_var') or (v.ndim == 1 and k.endswith('weight')):
-            sd[k] = 0.5 + torch.rand_like(v)
-    return convert.torch_to_flax(spec, sd)
+    return random_variables(spec, 0)
 
 
 @pytest.fixture(scope='module')
@@ -86,17 +66,7 @@ def test_factory_picks_the_twin_of_the_space(spec):
 
 
 def test_round_trip_is_exact_and_matches_flax_layout(spec, variables):
-    reference = jax.eval_shape(lambda k: init_search_variables(spec, k, SIZE), jax.random.key(0))
-    ref_leaves = jax.tree_util.tree_leaves_with_path(reference)
-    leaves = jax.tree_util.tree_leaves_with_path(variables)
-    assert [p for p, _ in leaves] == [p for p, _ in ref_leaves], 'converted tree differs from NB201Network.init'
-    for (p, a), (_, r) in zip(leaves, ref_leaves):
-        assert np.shape(a) == r.shape, f'{jax.tree_util.keystr(p)}: {np.shape(a)} vs {r.shape}'
-    back = convert.torch_to_flax(spec, convert.flax_to_torch(spec, variables))
-    back_leaves = jax.tree_util.tree_leaves_with_path(back)
-    assert [p for p, _ in back_leaves] == [p for p, _ in leaves]
-    for (p, a), (_, b) in zip(leaves, back_leaves):
-        assert np.array_equal(np.asarray(a), np.asarray(b)), f'{jax.tree_util.keystr(p)} changed in the round trip'
+    assert_round_trip_exact(spec, variables, SIZE)
 
 
 def test_stage_axis_mismatch_names_the_leaf(spec, variables):
@@ -113,11 +83,7 @@ def test_first_step_logits_loss_grads(spec, variables, grad_fns, mode):
     x, y = batches(1, 1)[0]
     d = compare.first_step(spec, variables, x, y, jax.random.key(2), 2.0, s, grad_fns(s.single_path))
     print(mode, d)
-    assert d['logits (train)'] <= LOGITS_TOL, f"train logits differ by {d['logits (train)']:.3e}"
-    assert d['logits (eval)'] <= LOGITS_TOL, f"eval logits differ by {d['logits (eval)']:.3e}"
-    assert d['loss'] <= LOSS_TOL, f"loss differs by {d['loss']:.3e}"
-    assert d['weight grads / |g|'] <= GRAD_REL_TOL, f"weight grads differ by {d['weight grads / |g|']:.3e} |g|"
-    assert d['arch grads / |g|'] <= GRAD_REL_TOL, f"arch grads differ by {d['arch grads / |g|']:.3e} |g|"
+    assert_first_step_agrees(d)
     assert d['arch grads (abs)'] > 0, 'arch grads agree exactly: the comparison did not run'
 
 
@@ -126,10 +92,7 @@ def test_trajectory(spec, variables, grad_fns, mode):
     s = settings(mode)
     d = compare.trajectory(spec, variables, batches(4, 3), jax.random.key(4), STEPS, s, grad_fns(s.single_path))
     print(mode, {k: v for k, v in d.items() if k != 'genotype'})
-    for name in (f'weights after {STEPS} steps', f'arch logits after {STEPS} steps', f'batch stats after {STEPS} steps'):
-        assert d[name] <= TRAJECTORY_TOL, f'{name}: max abs diff {d[name]:.3e} (worst leaves {d["worst leaves"]})'
-    assert d['loss (max over steps)'] <= 10 * LOSS_TOL, f"loss differs by {d['loss (max over steps)']:.3e}"
-    assert d['genotype identical'], f"derived genotypes differ (JAX: {d['genotype']})"
+    assert_trajectory_agrees(d, STEPS)
 
 
 @pytest.mark.parametrize('mode', list(MODES))
