@@ -115,11 +115,16 @@ def init_variables(model: FixedNetwork, key, image_size: int) -> dict:
     return model.init({'params': key, 'dropout': key}, x, train=True)
 
 
+def fixed_weight_transform(cfg: FixedTrainConfig, n_batches: int, lr_scale=1.0):
+    """The retrain's SGD: one cosine over all its epochs, the lr times `lr_scale` (traced in the steps)."""
+    return weight_transform(cfg.weight_opt_config(), max(cfg.epochs * n_batches, 1), lr_scale)
+
+
 def fixed_state(ctx: phases.RunContext, model: FixedNetwork, cfg: FixedTrainConfig, materialise: bool = True):
     """The TrainState train_fixed starts from: initialised (jitted init), or its shapes only
     (materialise=False: the abstract state a checkpoint restores into)."""
     size = int(ctx.train_split.images.shape[1])
-    weight_tx = weight_transform(cfg.weight_opt_config(), max(cfg.epochs * ctx.train_split.num_batches(cfg.batch_size), 1))
+    weight_tx = fixed_weight_transform(cfg, ctx.train_split.num_batches(cfg.batch_size))
     arch_tx = arch_transform(config_lib.arch_opt_config(ctx.config))
 
     def state_of(variables):
@@ -146,9 +151,8 @@ def train_fixed(ctx: phases.RunContext, genotype: Genotype, cfg: FixedTrainConfi
     knobs = {'lr_scale': 1.0, **meta.get('knobs', {})}
     epoch, skip, record = meta.get('epoch', 0), meta.get('batch', 0), meta.get('record', {})
 
-
     def weight_tx(hp):  # the lr scale is the state's (a NaN rollback halves it without a recompile)
-        return weight_transform(cfg.weight_opt_config(), max(cfg.epochs * n_batches, 1), hp['lr_scale'])
+        return fixed_weight_transform(cfg, n_batches, hp['lr_scale'])
 
     state = resume[1] if resume else fixed_state(ctx, model, cfg)
     steps, state = parallel.maybe_parallel(ctx.config, make_fixed_steps(model, weight_tx, cfg.cutout, cfg.aux_weight),
