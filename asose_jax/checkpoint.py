@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from asose_jax import execution
 from asose_jax.config import ConfigError
 from asose_jax.train_state import default_hparams
 
@@ -35,8 +36,8 @@ SHAPE_FIELDS = ('seed', 'data.', 'model.', 'search.batch_size', 'search.arch_eve
                 'optimize.auxiliary', 'growth.', 'parallel.')
 # ... but not these: how the same parameters are computed, where the same archive comes from (a checkpoint
 # from before a field existed resumes too)
-IGNORED_FIELDS = ('data.eval_batch_size', 'data.url', 'data.md5', 'data.cache_dir', 'progress', 'checkpoint.', 'model.depthwise_impl', 'model.pointwise_impl',
-                  'model.remat', 'model.remat_branch', 'model.unroll_edges', 'model.materialize_edge_grads')
+IGNORED_FIELDS = ('data.eval_batch_size', 'data.url', 'data.md5', 'data.cache_dir', 'progress', 'checkpoint.',
+                  'model.remat', *(f'model.{f}' for f in execution.FIELDS))
 
 
 class CheckpointError(RuntimeError):
