@@ -2,11 +2,14 @@
 and the translation into the frozen specs the steps are compiled for."""
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from asose_jax import execution, stability
-from asose_jax.data import DATASETS, SOURCES
+from asose_jax.data import DATASETS, SOURCES, DataError
 from asose_jax.genotype import PRIMITIVES
 from asose_jax.nb201_genotype import NB201_OPS
 from asose_jax.gumbel import SCHEDULES
@@ -214,6 +217,17 @@ def variant_config(dataset: str, arg: str | None, config_file: str) -> ml_collec
 
 class ConfigError(ValueError):
     """A config value out of range; the message names the field and what is allowed."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """The CLIs' handling of a bad config value or bad data: its message is one `error:` line saying what
+    to do, and the process exits with status 2 (no traceback)."""
+    try:
+        yield
+    except (ConfigError, DataError) as e:
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _check(ok: bool, field: str, value, allowed: str):

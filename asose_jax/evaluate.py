@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import flax.linen as nn
@@ -288,11 +287,8 @@ def main(flag_values: dict) -> None:
     if c is None or not workdir or not genotype:
         raise app.UsageError('--config, --genotype and --workdir are required')
     compilation.enable_compilation_cache()
-    try:
+    with config_lib.exit_on_user_error():
         run_evaluation(c, genotype, workdir)
-    except (config_lib.ConfigError, data_lib.DataError) as e:  # a bad value or data: its message says what to do
-        print(f'error: {e}', file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,6 @@ import collections
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import jax
@@ -31,7 +30,6 @@ import optax
 from absl import app, flags
 
 from asose_jax import config as config_lib
-from asose_jax import data as data_lib
 from asose_jax import phases
 from asose_jax.compilation import enable_compilation_cache
 from asose_jax.train import load_splits  # also defines --config / --workdir
@@ -208,11 +206,8 @@ def main(argv):
     if config is None or not workdir:
         raise app.UsageError('--config and --workdir are required')
     enable_compilation_cache()
-    try:
+    with config_lib.exit_on_user_error():
         run(config, workdir)
-    except (config_lib.ConfigError, data_lib.DataError) as e:  # as the train CLI: one line, exit status 2
-        print(f'error: {e}', file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 if __name__ == '__main__':

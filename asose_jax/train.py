@@ -174,13 +174,11 @@ def main(argv):
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        run(_CONFIG.value, _WORKDIR.value)
+        with config_lib.exit_on_user_error():
+            run(_CONFIG.value, _WORKDIR.value)
     except phases.Interrupted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + getattr(signal, phases.STOP['signal'] or 'SIGTERM'))
-    except (config_lib.ConfigError, data_lib.DataError) as e:  # a bad value or data: its message says what to do
-        print(f'error: {e}', file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 if __name__ == '__main__':
