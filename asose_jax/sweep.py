@@ -28,18 +28,18 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags
+from ml_collections import config_flags
 
-from asose_jax import config as config_lib
-from asose_jax import phases
-from asose_jax.compilation import enable_compilation_cache
-from asose_jax.train import load_splits  # also defines --config / --workdir
-from asose_jax.data import DeviceSplit
-from asose_jax.genotype import derive_arch
-from asose_jax.network import init_search_variables
-from asose_jax.optim import ArchOptConfig, labels, weight_transform
-from asose_jax.spec import NetworkSpec
-from asose_jax.steps import SearchStepConfig, make_search_steps
-from asose_jax.train_state import TrainState
+from asose_jax.data.cifar import DeviceSplit
+from asose_jax.run import context
+from asose_jax.run import config as config_lib
+from asose_jax.search.compilation import enable_compilation_cache
+from asose_jax.search.optim import ArchOptConfig, labels, weight_transform
+from asose_jax.search.steps import SearchStepConfig, make_search_steps
+from asose_jax.search.train_state import TrainState
+from asose_jax.space.genotype import derive_arch
+from asose_jax.space.network import init_search_variables
+from asose_jax.space.spec import NetworkSpec
 
 
 def arch_lrs(c: ml_collections.ConfigDict) -> list[float]:
@@ -130,12 +130,12 @@ def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) 
         c.growth.trigger, c.growth.schedule = 'none', ''
     config_lib.validate(c)
     mem = members(c)
-    splits = splits or load_splits(c)
+    splits = splits or context.load_splits(c)
     os.makedirs(workdir, exist_ok=True)
     t_start = time.time()
     spec = config_lib.network_spec(c)
-    streams = [phases.key_streams(seed) for seed, _ in mem]
-    keys = {name: jnp.stack([s[name] for s in streams]) for name in phases.STREAMS}
+    streams = [context.key_streams(seed) for seed, _ in mem]
+    keys = {name: jnp.stack([s[name] for s in streams]) for name in context.STREAMS}
     bs = c.search.batch_size
     n_batches = splits['weights'].num_batches(bs)
     total = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
@@ -200,9 +200,16 @@ def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) 
     return summary
 
 
-def main(argv):
-    del argv
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir  # flags defined by asose_jax.train
+def _define_flags() -> tuple:
+    """--config and --workdir, defined only when run as a program (tests import this module next to
+    asose_jax.train, which defines its own)."""
+    return (config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cifar10.py:smoke.',
+                                            lock_config=True),
+            flags.DEFINE_string('workdir', None, 'Output folder (sweep_summary.json, per-member genotypes).'))
+
+
+def main(config_flag, workdir_flag) -> None:
+    config, workdir = config_flag.value, workdir_flag.value
     if config is None or not workdir:
         raise app.UsageError('--config and --workdir are required')
     enable_compilation_cache()
@@ -211,4 +218,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    _flags = _define_flags()
+    app.run(lambda argv: main(*_flags))

@@ -15,35 +15,20 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from asose_jax import config as config_lib
-from asose_jax import data as data_lib
-from asose_jax import checkpoint, evaluate, monitor, nats_bench, phases, stability, visualize
-from asose_jax.compilation import enable_compilation_cache, fast_compile, rarely_run
-from asose_jax.genotype import genotype_from_dict
-from asose_jax.network import count_params, init_search_variables
-from asose_jax.spec import NetworkSpec
-from asose_jax.train_state import create_train_state
+from asose_jax.benchmarks import nats_bench
+from asose_jax.report import monitor, visualize
+from asose_jax.run import checkpoint, context, loop, retrain, search_phase
+from asose_jax.run import config as config_lib
+from asose_jax.search import stability
+from asose_jax.search.compilation import enable_compilation_cache, fast_compile, rarely_run
+from asose_jax.search.train_state import create_train_state
+from asose_jax.space.genotype import genotype_from_dict
+from asose_jax.space.network import count_params, init_search_variables
+from asose_jax.space.spec import NetworkSpec
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cifar10.py:smoke.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (metrics, genotypes).')
-
-
-def load_splits(c: ml_collections.ConfigDict) -> dict:
-    ds = data_lib.load(c.data)
-    if len(ds.test_labels) == 0:
-        raise data_lib.DataError('the evaluation split is empty')
-    w_idx, a_idx = data_lib.split_indices(len(ds.train_labels), c.data.train_portion, c.data.split_seed)
-    for name, idx in (('weight', w_idx), ('arch', a_idx)):
-        if len(idx) < c.search.batch_size:
-            raise data_lib.DataError(f'the {name} half has {len(idx)} images, fewer than '
-                                     f'search.batch_size={c.search.batch_size}')
-    return {
-        'weights': data_lib.DeviceSplit.from_numpy(ds.train_images[w_idx], ds.train_labels[w_idx]),
-        'arch': data_lib.DeviceSplit.from_numpy(ds.train_images[a_idx], ds.train_labels[a_idx]),
-        'train': data_lib.DeviceSplit.from_numpy(ds.train_images, ds.train_labels),
-        'eval': data_lib.DeviceSplit.from_numpy(ds.test_images, ds.test_labels),
-    }
 
 
 def _truncate_metrics(workdir: str, lines: int) -> None:
@@ -56,7 +41,7 @@ def _truncate_metrics(workdir: str, lines: int) -> None:
             f.writelines(kept)
 
 
-def _resume(c: ml_collections.ConfigDict, ctx: phases.RunContext):
+def _resume(c: ml_collections.ConfigDict, ctx: context.RunContext):
     """(meta, state) of the latest readable checkpoint, or None. Refuses config changes that alter
     shapes or data (checkpoint.fresh=True starts over instead)."""
     def abstract(meta):
@@ -68,9 +53,9 @@ def _resume(c: ml_collections.ConfigDict, ctx: phases.RunContext):
                 '--workdir, or --config.checkpoint.fresh=True (moves the old workdir aside, deletes nothing).')
         spec = NetworkSpec.from_dict(meta['spec'])
         if meta['phase'] == 'optimize':
-            cfg = evaluate.FixedTrainConfig.from_config(c, spec.num_classes, spec)
-            return evaluate.fixed_state(ctx, cfg.model(genotype_from_dict(meta['genotype'])), cfg, materialise=False)
-        return phases.abstract_search_state(ctx, spec)
+            cfg = retrain.FixedTrainConfig.from_config(c, spec.num_classes, spec)
+            return retrain.fixed_state(ctx, cfg.model(genotype_from_dict(meta['genotype'])), cfg, materialise=False)
+        return search_phase.abstract_search_state(ctx, spec)
     found = ctx.ckpt.restore_latest(abstract)
     if found is None:
         return None
@@ -86,7 +71,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     With checkpoint.enabled, a workdir holding checkpoints is resumed from the latest readable one
     (same phase, epoch, step, data order and noise)."""
     config_lib.validate(c)
-    splits = load_splits(c)
+    splits = context.load_splits(c)
     ck = c.get('checkpoint', None)
     if ck is not None and ck.fresh:
         moved = checkpoint.move_aside(workdir)
@@ -94,9 +79,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
             print(f'checkpoint.fresh: moved the old {workdir} to {moved}', flush=True)
     os.makedirs(workdir, exist_ok=True)
     t_start = time.time()
-    keys = phases.key_streams(c.seed)
+    keys = context.key_streams(c.seed)
     ckpt = checkpoint.RunCheckpoints(workdir, ck.max_to_keep) if ck is not None and ck.enabled else None
-    ctx = phases.RunContext(c, workdir, splits['weights'], splits['arch'], splits['train'], splits['eval'],
+    ctx = context.RunContext(c, workdir, splits['weights'], splits['arch'], splits['train'], splits['eval'],
                             keys, None, ckpt)
     resume = _resume(c, ctx) if ckpt is not None else None
     if resume is not None:
@@ -118,20 +103,20 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                                                       config_lib.execution_form(c)['depthwise_impl'])
         print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
               f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
-        state = create_train_state(variables, *phases.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
+        state = create_train_state(variables, *search_phase.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
     with fast_compile(c.search.fast_compile):
         if phase == 'warmup':
-            spec, state = phases.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs,
+            spec, state = search_phase.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs,
                                               resume=resume[0] if resume else None)
         if phase in ('warmup', 'search'):
-            spec, state = phases.search_phase(ctx, 'search', spec, state, c.search.search_epochs,
+            spec, state = search_phase.search_phase(ctx, 'search', spec, state, c.search.search_epochs,
                                               resume=resume[0] if phase == 'search' else None)
             resume = None
     if phase == 'optimize':
         genotype = genotype_from_dict(resume[0]['genotype'])
     else:
         genotype = _derive_and_save(c, workdir, spec, state)
-    _, final = phases.optimize_phase(ctx, genotype, spec, resume)
+    _, final = retrain.optimize_phase(ctx, genotype, spec, resume)
     summary = {'genotype': str(genotype), 'val_acc': final.get('val_acc', float('nan')),
                'wall_s': time.time() - t_start, **nats_bench.summary_fields(genotype)}
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -165,20 +150,20 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
     enable_compilation_cache()
 
-    def request_stop(signum, frame):  # finish the current step, save, exit (phases.run_epoch checks it)
+    def request_stop(signum, frame):  # finish the current step, save, exit (loop.run_epoch checks it)
         del frame
-        if phases.STOP['signal'] is not None:  # a second signal: stop now
+        if loop.STOP['signal'] is not None:  # a second signal: stop now
             raise KeyboardInterrupt
-        phases.STOP['signal'] = signal.Signals(signum).name
-        print(f'{phases.STOP["signal"]}: finishing the current step, then saving a checkpoint...', flush=True)
+        loop.STOP['signal'] = signal.Signals(signum).name
+        print(f'{loop.STOP["signal"]}: finishing the current step, then saving a checkpoint...', flush=True)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
         with config_lib.exit_on_user_error():
             run(_CONFIG.value, _WORKDIR.value)
-    except phases.Interrupted as e:
+    except loop.Interrupted as e:
         print(str(e), file=sys.stderr, flush=True)
-        sys.exit(128 + getattr(signal, phases.STOP['signal'] or 'SIGTERM'))
+        sys.exit(128 + getattr(signal, loop.STOP['signal'] or 'SIGTERM'))
 
 
 if __name__ == '__main__':

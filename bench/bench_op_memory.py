@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from asose_jax.ops import make_op  # noqa: E402
+from asose_jax.space.ops import make_op  # noqa: E402
 from bench import _common as C  # noqa: E402
 
 OPS = ('sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')

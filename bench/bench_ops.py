@@ -27,8 +27,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from asose_jax import ops  # noqa: E402
-from asose_jax.genotype import PRIMITIVES  # noqa: E402
+from asose_jax.space import ops  # noqa: E402
+from asose_jax.space.genotype import PRIMITIVES  # noqa: E402
 from bench import _common as C  # noqa: E402
 
 def jax_op(prim: str, x: np.ndarray, stride: int, depthwise: str, pointwise: str):

@@ -17,12 +17,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asose_jax import config as config_lib  # noqa: E402
-from asose_jax import monitor, phases  # noqa: E402
-from asose_jax.network import init_search_variables  # noqa: E402
-from asose_jax.optim import arch_transform, weight_transform  # noqa: E402
-from asose_jax.train import load_splits  # noqa: E402
-from asose_jax.train_state import create_train_state  # noqa: E402
+from asose_jax.report import monitor  # noqa: E402
+from asose_jax.run import context, search_phase  # noqa: E402
+from asose_jax.run import config as config_lib  # noqa: E402
+from asose_jax.search.optim import arch_transform, weight_transform  # noqa: E402
+from asose_jax.search.train_state import create_train_state  # noqa: E402
+from asose_jax.space.network import init_search_variables  # noqa: E402
 from bench._common import machine, report  # noqa: E402
 from configs import cifar10  # noqa: E402
 
@@ -49,17 +49,17 @@ def main():
     if args.mixture:
         c.search.hard, c.search.single_path = False, False
     config_lib.validate(c)
-    splits = load_splits(c)
+    splits = context.load_splits(c)
     workdir = tempfile.mkdtemp(prefix='bench_search_')
-    ctx = phases.RunContext(c, workdir, splits['weights'], splits['arch'], splits['train'], splits['eval'],
-                            phases.key_streams(0), monitor.MetricsWriter(workdir))
+    ctx = context.RunContext(c, workdir, splits['weights'], splits['arch'], splits['train'], splits['eval'],
+                            context.key_streams(0), monitor.MetricsWriter(workdir))
     spec = config_lib.network_spec(c)
     variables = init_search_variables(spec, ctx.keys['init'], 32, args.depthwise)
     n = splits['weights'].num_batches(c.search.batch_size)
     state = create_train_state(variables, weight_transform(config_lib.weight_opt_config(c), 50 * n),
                                arch_transform(config_lib.arch_opt_config(c)))
     t0 = time.time()
-    phases.search_phase(ctx, 'search', spec, state, args.epochs)
+    search_phase.search_phase(ctx, 'search', spec, state, args.epochs)
     wall = time.time() - t0
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:  # epoch records; events (warnings, growth) have 'event'
         recs = [r for r in map(json.loads, f) if 'event' not in r]

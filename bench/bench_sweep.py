@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from asose_jax import sweep  # noqa: E402
-from asose_jax.optim import ArchOptConfig  # noqa: E402
+from asose_jax.search.optim import ArchOptConfig  # noqa: E402
 from bench import _common as C  # noqa: E402
 
 

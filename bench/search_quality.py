@@ -27,11 +27,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asose_jax import config as config_lib  # noqa: E402
-from asose_jax import data as data_lib  # noqa: E402
-from asose_jax import evaluate, monitor, nats_bench, phases  # noqa: E402
-from asose_jax.compilation import enable_compilation_cache  # noqa: E402
-from asose_jax.genotype import Genotype, named_genotypes, random_genotype  # noqa: E402
+from asose_jax.benchmarks import nats_bench  # noqa: E402
+from asose_jax.data import cifar as data_lib  # noqa: E402
+from asose_jax.report import monitor  # noqa: E402
+from asose_jax.run import context  # noqa: E402
+from asose_jax.run import config as config_lib  # noqa: E402
+from asose_jax.run.retrain import FixedTrainConfig, train_fixed  # noqa: E402
+from asose_jax.search.compilation import enable_compilation_cache  # noqa: E402
+from asose_jax.space.genotype import Genotype, named_genotypes, random_genotype  # noqa: E402
 from asose_jax.train import run  # noqa: E402
 from bench._common import machine  # noqa: E402
 
@@ -80,10 +83,10 @@ def retrain(c, genotype, workdir: str) -> float:
     train = data_lib.DeviceSplit.from_numpy(ds.train_images, ds.train_labels)
     test = data_lib.DeviceSplit.from_numpy(ds.test_images, ds.test_labels)
     os.makedirs(workdir, exist_ok=True)
-    ctx = phases.RunContext(c, workdir, train, train, train, test, phases.key_streams(c.seed),
+    ctx = context.RunContext(c, workdir, train, train, train, test, context.key_streams(c.seed),
                             monitor.MetricsWriter(workdir, tensorboard=False))
-    cfg = evaluate.FixedTrainConfig.from_config(c, data_lib.DATASETS[c.data.dataset])
-    _, _, record = evaluate.train_fixed(ctx, genotype, cfg, phase='retrain')
+    cfg = FixedTrainConfig.from_config(c, data_lib.DATASETS[c.data.dataset])
+    _, _, record = train_fixed(ctx, genotype, cfg, phase='retrain')
     return float(record['val_acc'])
 
 

@@ -1,5 +1,5 @@
 """ASO-SE search on CIFAR-100 (`:smoke` for the CPU-sized variant)."""
-from asose_jax.config import variant_config
+from asose_jax.run.config import variant_config
 
 
 def get_config(arg: str | None = None):

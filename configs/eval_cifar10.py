@@ -7,7 +7,7 @@ rate is constant (the FixedNetwork takes it as a static field).
 `configs/eval_cifar10.py:smoke`: CPU-sized (the bundled real-image subset at 16x16, a small net, few epochs).
 Only the `data`, `model.stem_multiplier` and `optimize` sections are read.
 """
-from asose_jax.config import base_config
+from asose_jax.run.config import base_config
 
 
 def get_config(arg: str | None = None):

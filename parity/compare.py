@@ -30,12 +30,12 @@ import numpy as np
 import optax
 import torch
 
-from asose_jax import gumbel
-from asose_jax.genotype import derive_arch
-from asose_jax.network import search_network
-from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
-from asose_jax.spec import NetworkSpec
-from asose_jax.steps import cross_entropy
+from asose_jax.search import gumbel
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+from asose_jax.search.steps import cross_entropy
+from asose_jax.space.genotype import derive_arch
+from asose_jax.space.network import search_network
+from asose_jax.space.spec import NetworkSpec
 from parity import torch_steps
 from parity.convert import flax_to_torch
 from parity.torch_network import torch_search_network
@@ -281,7 +281,7 @@ def _apply(tx, grads, opt, params):
 
 def _batches(config, n: int, key) -> list:
     """n augmented float batches from the weight half (even) and arch half (odd) of the config's data."""
-    from asose_jax import data as data_lib
+    from asose_jax.data import cifar as data_lib
     from asose_jax.train import load_splits
     if config.data.source == 'cifar_dir' and not os.path.isdir(config.data.dir):
         print(f'{config.data.dir} missing: using synthetic data')
@@ -300,8 +300,8 @@ def _batches(config, n: int, key) -> list:
 def main(argv):
     del argv
     from absl import flags
-    from asose_jax import config as config_lib
-    from asose_jax.network import init_search_variables
+    from asose_jax.run import config as config_lib
+    from asose_jax.space.network import init_search_variables
     c = flags.FLAGS.config
     with c.unlocked():
         c.model.primitives = [p for p in c.model.primitives if p not in flags.FLAGS.drop_ops]

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asose_jax.cells import input_edges, node_edges
-from asose_jax.spec import NetworkSpec
+from asose_jax.space.cells import input_edges, node_edges
+from asose_jax.space.spec import NetworkSpec
 from parity.torch_network import torch_search_network
 
 

@@ -13,9 +13,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from asose_jax.nb201_genotype import EDGES
-from asose_jax.nb201_network import _stages
-from asose_jax.spec import NetworkSpec
+from asose_jax.space.nb201_genotype import EDGES
+from asose_jax.space.nb201_network import _stages
+from asose_jax.space.spec import NetworkSpec
 from parity.torch_network import ArchParams, MixedOp
 from parity.torch_ops import BatchNorm, ReLUConvBN, conv, set_running_var_mode
 

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from asose_jax.cells import input_edges, node_edges
-from asose_jax.spec import NetworkSpec
+from asose_jax.space.cells import input_edges, node_edges
+from asose_jax.space.spec import NetworkSpec
 from parity.torch_ops import (BatchNorm, FactorizedReduce, ReLUConvBN, conv, make_op,
                               set_running_var_mode)
 

@@ -1,4 +1,4 @@
-"""DARTS and NAS-Bench-201 primitives in PyTorch (NCHW), named like their Flax twins in asose_jax/ops.py so
+"""DARTS and NAS-Bench-201 primitives in PyTorch (NCHW), named like their Flax twins in asose_jax/space/ops.py so
 that the state_dict keys follow the Flax module paths (see convert.py)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Weight and arch steps in torch with asose_jax/optim.py's semantics.
+"""Weight and arch steps in torch with asose_jax/search/optim.py's semantics.
 
 Weights: clip the global gradient norm, add L2 decay, momentum SGD (torch.optim.SGD does decay then
 momentum), learning rate on a per-step cosine (CosineAnnealingLR stepped after every weight step).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from asose_jax.optim import ArchOptConfig, WeightOptConfig
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig
 from torch import nn
 
 

@@ -1,6 +1,6 @@
 """Tiny synthetic config for tests/test_checkpoint.py, loadable by `python -m asose_jax.train --config`:
 C=4, 2 cells, 8x8 images, parameter-free ops, a depth growth after search epoch 0."""
-from asose_jax.config import base_config
+from asose_jax.run.config import base_config
 
 
 def get_config():

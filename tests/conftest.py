@@ -23,7 +23,7 @@ def subset_dir():
 
 @pytest.fixture(scope='session')
 def tiny_spec():
-    from asose_jax.spec import NetworkSpec
+    from asose_jax.space.spec import NetworkSpec
     return NetworkSpec.darts(C=4, layers=3)
 
 

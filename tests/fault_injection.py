@@ -1,6 +1,6 @@
-"""Test support: faults injected after a given weight step, through phases.STEP_CALLBACKS.
+"""Test support: faults injected after a given weight step, through loop.STEP_CALLBACKS.
 
-In-process: `phases.STEP_CALLBACKS.append(nan_at('search', 5))` (monkeypatch it). In a subprocess:
+In-process: `loop.STEP_CALLBACKS.append(nan_at('search', 5))` (monkeypatch it). In a subprocess:
 `python tests/fault_injection.py kill=warmup:1 --config ... --workdir ...` installs the fault, then runs
 the train CLI with the remaining arguments.
 """
@@ -55,8 +55,9 @@ if __name__ == '__main__':
     sys.path.insert(0, ROOT)
     from absl import app
 
-    from asose_jax import phases, train
+    from asose_jax.run import loop
+    from asose_jax import train
     faults = [a for a in sys.argv[1:] if '=' in a and not a.startswith('-')]
-    phases.STEP_CALLBACKS.extend(parse(f) for f in faults)
+    loop.STEP_CALLBACKS.extend(parse(f) for f in faults)
     sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a not in faults]
     app.run(train.main)

@@ -1,6 +1,6 @@
 """Tiny synthetic NAS-Bench-201 search for tests (C=4, one cell per stage, 8x8 images), loadable by
 `python -m asose_jax.train --config` and bench/search_quality.py."""
-from asose_jax.config import nb201_config
+from asose_jax.run.config import nb201_config
 
 
 def get_config(arg=None):

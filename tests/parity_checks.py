@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asose_jax.network import init_search_variables
+from asose_jax.space.network import init_search_variables
 from parity import convert
 from parity.torch_network import torch_search_network
 

@@ -13,8 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from asose_jax import checkpoint, config
-from asose_jax import phases
+from asose_jax.run import checkpoint, config, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'tests', 'ckpt_tiny_config.py')
@@ -123,7 +122,7 @@ def test_nan_rolls_back_and_finishes(tmp_path, monkeypatch):
     from asose_jax.train import run
     c = ckpt_tiny_config.get_config()
     c.growth.trigger, c.search.search_epochs, c.optimize.epochs = 'none', 2, 1  # the rollback is in search epoch 1
-    monkeypatch.setattr(phases, 'STEP_CALLBACKS', [fault_injection.nan_at('search', 5)])
+    monkeypatch.setattr(loop, 'STEP_CALLBACKS', [fault_injection.nan_at('search', 5)])
     summary = run(c, str(tmp_path))
     events = [r for r in map(json.loads, open(tmp_path / 'metrics.jsonl')) if r.get('event') == 'nan_rollback']
     assert [(e['phase'], e['epoch'], e['lr_scale'], e['steps']) for e in events] == [('search', 1, 0.5, [5, 6])]
@@ -145,7 +144,7 @@ def test_monitor_actions_and_nan_rollback_compile_nothing(tmp_path, monkeypatch)
     monitoring.register_event_duration_secs_listener(listener)
 
     def count(c, workdir, callbacks=()):
-        monkeypatch.setattr(phases, 'STEP_CALLBACKS', list(callbacks))
+        monkeypatch.setattr(loop, 'STEP_CALLBACKS', list(callbacks))
         traces.clear()
         run(c, str(workdir))
         return len(traces), [r for r in map(json.loads, open(workdir / 'metrics.jsonl')) if 'event' in r]
@@ -167,7 +166,7 @@ def test_nan_retries_exhausted_names_phase_and_steps(tmp_path, monkeypatch):
     from asose_jax.train import run
     c = ckpt_tiny_config.get_config()
     c.checkpoint.nan_retries = 0
-    monkeypatch.setattr(phases, 'STEP_CALLBACKS', [fault_injection.nan_at('warmup', 2)])
+    monkeypatch.setattr(loop, 'STEP_CALLBACKS', [fault_injection.nan_at('warmup', 2)])
     with pytest.raises(FloatingPointError, match=r'warmup epoch 0, steps 1\.\.2'):
         run(c, str(tmp_path))
 
@@ -188,8 +187,8 @@ def test_execution_forms_do_not_block_a_resume():
 
 def test_checkpoint_without_hparams_restores_with_defaults(tmp_path):
     """A checkpoint written before the state held its hyper-parameters (format 1) still resumes."""
-    from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
-    from asose_jax.train_state import create_train_state, with_hparams
+    from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+    from asose_jax.search.train_state import create_train_state, with_hparams
     params = {'weights': {'w': np.arange(3, dtype=np.float32)}, 'arch': {'cell': np.ones((2, 2), np.float32)}}
     state = create_train_state({'params': params}, weight_transform(WeightOptConfig(), 10),
                                arch_transform(ArchOptConfig()))

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from asose_jax import complexity
-from asose_jax.genotype import named_genotypes
-from asose_jax.network import count_params, init_search_variables
+from asose_jax.space import complexity
+from asose_jax.space.genotype import named_genotypes
+from asose_jax.space.network import count_params, init_search_variables
 
 
 @pytest.fixture(scope='module')

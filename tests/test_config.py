@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from asose_jax.config import ConfigError, network_spec, search_step_config, validate
+from asose_jax.run.config import ConfigError, network_spec, search_step_config, validate
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
@@ -80,11 +80,11 @@ def test_model_fast_paths_reach_the_search_steps():
 
 
 def test_execution_form_is_chosen_unless_given():
-    """'auto'/None execution fields take asose_jax/execution.py's choice for the backend and compile mode
+    """'auto'/None execution fields take asose_jax/search/execution.py's choice for the backend and compile mode
     (the CPU recipe when XLA optimises, the plain forms when it does not, `shift` on accelerators); a
     value given in the config wins."""
-    from asose_jax import execution
-    from asose_jax.compilation import fast_compile
+    from asose_jax.search import execution
+    from asose_jax.search.compilation import fast_compile
     c = _load('cifar10', 'smoke')
     assert c.model.depthwise_impl == 'auto' and c.model.remat_branch is None
     assert execution.resolve(c.model, backend='cpu', optimized=True) == execution.CPU_RECIPE

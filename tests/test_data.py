@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax import data
+from asose_jax.data import cifar as data
 
 
 def test_cifar_dir_reads_subset(subset_dir):

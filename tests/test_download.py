@@ -15,8 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from asose_jax import data, download
-from asose_jax.config import ConfigError, base_config, validate
+from asose_jax.data import download
+from asose_jax.data import cifar as data
+from asose_jax.run.config import ConfigError, base_config, validate
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 N = 6  # images per batch

@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from asose_jax import phases
+from asose_jax.run import retrain
 from asose_jax.train import run
 from test_config import _load
 
@@ -16,7 +16,7 @@ from test_config import _load
 def optimized_optimize_phase(monkeypatch):
     """The search phases stay unoptimised (conftest: they compile faster and run few steps); the
     derived network trains with XLA optimisations on (one program, five epochs)."""
-    inner = phases.optimize_phase
+    inner = retrain.optimize_phase
 
     def optimize_phase(*args, **kwargs):
         jax.config.update('jax_disable_most_optimizations', False)
@@ -24,7 +24,7 @@ def optimized_optimize_phase(monkeypatch):
             return inner(*args, **kwargs)
         finally:
             jax.config.update('jax_disable_most_optimizations', True)
-    monkeypatch.setattr(phases, 'optimize_phase', optimize_phase)
+    monkeypatch.setattr(retrain, 'optimize_phase', optimize_phase)
 
 
 @pytest.mark.e2e

@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax import evaluate, monitor
-from asose_jax.config import ConfigError, validate
-from asose_jax.data import normalize
-from asose_jax.genotype import load_genotype, named_genotype_info, named_genotypes
+from asose_jax import evaluate
+from asose_jax.data.cifar import normalize
+from asose_jax.report import monitor
+from asose_jax.run import retrain
+from asose_jax.run.config import ConfigError, validate
+from asose_jax.space.genotype import load_genotype, named_genotype_info, named_genotypes
 from test_config import _load
 
 
@@ -52,20 +54,20 @@ def test_bad_genotype_file(tmp_path):
 def test_eval_config_follows_darts_protocol():
     c = _load('eval_cifar10')
     validate(c)
-    cfg = evaluate.FixedTrainConfig.from_config(c, 10)
+    cfg = retrain.FixedTrainConfig.from_config(c, 10)
     assert (cfg.C, cfg.layers, cfg.batch_size, cfg.epochs) == (36, 20, 96, 600)
     assert (cfg.lr, cfg.lr_min, cfg.momentum, cfg.weight_decay, cfg.grad_clip) == (0.025, 0.0, 0.9, 3e-4, 5.0)
     assert (cfg.cutout, cfg.drop_path, cfg.auxiliary, cfg.aux_weight) == (16, 0.2, True, 0.4)
     validate(_load('eval_cifar10', 'smoke'))
     with pytest.raises(ConfigError, match='image_size >= 32'):
-        evaluate.check_auxiliary(cfg, 16)
+        retrain.check_auxiliary(cfg, 16)
 
 
 def test_export_round_trip_gives_identical_logits(tmp_path):
-    cfg = evaluate.FixedTrainConfig(C=4, layers=3, auxiliary=False)
+    cfg = retrain.FixedTrainConfig(C=4, layers=3, auxiliary=False)
     g = named_genotypes()['DARTS_V1']
     model = cfg.model(g, depthwise_impl='conv')
-    variables = jax.jit(lambda k: evaluate.init_variables(model, k, 8))(jax.random.key(1))
+    variables = jax.jit(lambda k: retrain.init_variables(model, k, 8))(jax.random.key(1))
     # non-trivial running statistics, as after training
     variables['batch_stats'] = jax.tree_util.tree_map(lambda x: x + 0.5, variables['batch_stats'])
     path = evaluate.export(str(tmp_path / 'export'), g, cfg, variables, 8)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from asose_jax.genotype import PRIMITIVES, Genotype, derive, num_edges
+from asose_jax.space.genotype import Genotype, PRIMITIVES, derive, num_edges
 
 DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
             "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "

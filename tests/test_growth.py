@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from asose_jax import growth
-from asose_jax.genotype import PRIMITIVES, derive
-from asose_jax.network import SearchNetwork, init_search_variables
-from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
-from asose_jax.spec import NetworkSpec
-from asose_jax.steps import SearchStepConfig, make_search_steps
-from asose_jax.train_state import TrainState
+from asose_jax.growth import operations as growth
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+from asose_jax.search.steps import SearchStepConfig, make_search_steps
+from asose_jax.search.train_state import TrainState
+from asose_jax.space.genotype import PRIMITIVES, derive
+from asose_jax.space.network import SearchNetwork, init_search_variables
+from asose_jax.space.spec import NetworkSpec
 
 TOL = 1e-5
 SIZE = 8

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax.gumbel import sample, sample_tree, temperature
+from asose_jax.search.gumbel import sample, sample_tree, temperature
 
 
 def test_hard_samples_are_one_hot():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from asose_jax import monitor
-from asose_jax.genotype import PRIMITIVES, Genotype, derive
+from asose_jax.report import monitor
+from asose_jax.space.genotype import Genotype, PRIMITIVES, derive
 
 
 def read_events(tb_dir):

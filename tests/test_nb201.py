@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax import nats_bench
-from asose_jax.config import ConfigError, nb201_config, validate
-from asose_jax.genotype import load_genotype
-from asose_jax.nb201_genotype import EDGES, NB201_OPS, NB201Genotype, derive_nb201, random_nb201
-from asose_jax.network import init_search_variables, search_network, uniform_edge_weights
-from asose_jax.spec import NetworkSpec
+from asose_jax.benchmarks import nats_bench
+from asose_jax.run.config import ConfigError, nb201_config, validate
+from asose_jax.space.genotype import load_genotype
+from asose_jax.space.nb201_genotype import EDGES, NB201_OPS, NB201Genotype, derive_nb201, random_nb201
+from asose_jax.space.network import init_search_variables, search_network, uniform_edge_weights
+from asose_jax.space.spec import NetworkSpec
 
 BEST = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
 

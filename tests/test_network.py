@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax.cells import MixedOp, SearchCell, materialized_cotangent
-from asose_jax.genotype import Genotype
-from asose_jax.network import (FixedNetwork, SearchNetwork, count_params, init_search_variables,
+from asose_jax.space.cells import MixedOp, SearchCell, materialized_cotangent
+from asose_jax.space.genotype import Genotype
+from asose_jax.space.network import (FixedNetwork, SearchNetwork, count_params, init_search_variables,
                                uniform_edge_weights)
-from asose_jax.spec import NetworkSpec
+from asose_jax.space.spec import NetworkSpec
 
 
 @pytest.mark.parametrize('C, layers, expected', [(16, 8, 1_930_618), (8, 5, 394_210)])

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax.genotype import PRIMITIVES
-from asose_jax.ops import DepthwiseConv, FactorizedReduce, Pool, batch_norm, make_op, pointwise
+from asose_jax.space.genotype import PRIMITIVES
+from asose_jax.space.ops import DepthwiseConv, FactorizedReduce, Pool, batch_norm, make_op, pointwise
 
 
 def _run(module, x, train=True):

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, labels, weight_transform
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, labels, weight_transform
 
 
 def _params():

@@ -18,12 +18,12 @@ import jax, jax.numpy as jnp, numpy as np
 jax.config.update('jax_disable_most_optimizations', True)
 jax.config.update('jax_compilation_cache_dir', os.environ['ASOSE_JAX_CACHE'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-from asose_jax import parallel
-from asose_jax.network import init_search_variables
-from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
-from asose_jax.spec import NetworkSpec
-from asose_jax.steps import SearchStepConfig, make_search_steps
-from asose_jax.train_state import create_train_state
+from asose_jax.search import parallel
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+from asose_jax.search.steps import SearchStepConfig, make_search_steps
+from asose_jax.search.train_state import create_train_state
+from asose_jax.space.network import init_search_variables
+from asose_jax.space.spec import NetworkSpec
 
 assert jax.device_count() == 2, jax.devices()
 spec = NetworkSpec.darts(C=4, layers=1, steps=1, multiplier=1,

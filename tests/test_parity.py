@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from asose_jax import growth
-from asose_jax.genotype import PRIMITIVES
-from asose_jax.ops import Pool
-from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
-from asose_jax.spec import NetworkSpec
+from asose_jax.growth import operations as growth
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
+from asose_jax.space.genotype import PRIMITIVES
+from asose_jax.space.ops import Pool
+from asose_jax.space.spec import NetworkSpec
 from parity import compare, convert, torch_steps
 from parity.torch_network import TorchSearchNetwork
 from parity_checks import (LOGITS_TOL, assert_first_step_agrees, assert_round_trip_exact,  # noqa: F401
@@ -213,7 +213,7 @@ def test_grown_network_same_logits():
 
 
 def test_torch_sample_matches_gumbel_sample(spec, variables):
-    from asose_jax import gumbel
+    from asose_jax.search import gumbel
     arch, key = variables['params']['arch'], jax.random.key(8)
     noise = {t: compare.to_torch(v) for t, v in compare.gumbel_noise(key, arch).items()}
     for hard in (False, True):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from asose_jax.optim import ArchOptConfig
-from asose_jax.spec import NetworkSpec
+from asose_jax.search.optim import ArchOptConfig
+from asose_jax.space.spec import NetworkSpec
 from parity import compare, convert, torch_steps
 from parity.torch_nb201 import TorchNB201Network
 from parity.torch_network import TorchSearchNetwork, torch_search_network

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from asose_jax import report, stability
-from asose_jax.config import base_config
-from asose_jax.genotype import Genotype
+from asose_jax.report import page as report
+from asose_jax.run.config import base_config
+from asose_jax.search import stability
+from asose_jax.space.genotype import Genotype
 
 TINY_PRIMITIVES = ['none', 'max_pool_3x3', 'skip_connect', 'avg_pool_3x3']  # parameter-free: compiles fast
 
@@ -106,7 +107,7 @@ def test_report_renders_from_run(run_dir):
     for png in ('curves.png', 'search_stats.png', 'op_weights.png', 'arch_heatmaps.png'):
         assert os.path.getsize(run_dir / 'report' / png) > 10_000 and f'src="{png}"' in html, png
     assert 'monitor_action' in html and 'collapse_warning' in html and 'node 0 =' in html
-    has_visualize = importlib.util.find_spec('asose_jax.visualize') is not None  # cell pictures when it exists
+    has_visualize = importlib.util.find_spec('asose_jax.report.visualize') is not None  # cell pictures when it exists
     assert ('src="cells.png"' in html) == has_visualize == os.path.exists(run_dir / 'report' / 'cells.png')
 
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax import config as config_lib
-from asose_jax.steps import SearchStepConfig, beta_penalty, edge_weights, eval_edge_weights
+from asose_jax.run import config as config_lib
+from asose_jax.search.steps import SearchStepConfig, beta_penalty, edge_weights, eval_edge_weights
 
 ARCH = {'normal': jnp.array([[0.3, -0.2, 1.0], [0.0, 0.5, -1.0]]), 'reduce': jnp.array([[2.0, 0.0, 0.0]])}
 

@@ -1,6 +1,6 @@
 import pytest
 
-from asose_jax.spec import CellSpec, NetworkSpec
+from asose_jax.space.spec import CellSpec, NetworkSpec
 
 
 def test_darts_layout():

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from asose_jax import stability
-from asose_jax.config import ConfigError, base_config, validate
-from asose_jax.genotype import PRIMITIVES, derive, num_edges
-from asose_jax.stability import MonitorConfig, assess
+from asose_jax.run.config import ConfigError, base_config, validate
+from asose_jax.search import stability
+from asose_jax.search.stability import MonitorConfig, assess
+from asose_jax.space.genotype import PRIMITIVES, derive, num_edges
 
 CFG = MonitorConfig(window=4, oscillation_threshold=0.02, plateau_patience=3, plateau_threshold=0.005,
                     degradation_threshold=0.05, divergence_rise=0.1, on_oscillation='lower_arch_lr',
@@ -147,7 +147,7 @@ def test_arch_state_carries_over_lr_and_wd_changes():
     """lower_arch_lr / raise_arch_wd rebuild the arch transform; the old Adam state must fit the new one."""
     import jax
     import jax.numpy as jnp
-    from asose_jax.optim import ArchOptConfig, arch_transform
+    from asose_jax.search.optim import ArchOptConfig, arch_transform
     params = {'weights': {'w': jnp.ones(3)}, 'arch': {'normal': jnp.zeros((5, 4))}}
     old = arch_transform(ArchOptConfig()).init(params)
     new_tx = arch_transform(ArchOptConfig(weight_decay=3e-3), lr_scale=0.5)

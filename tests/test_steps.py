@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax.network import init_search_variables
-from asose_jax.spec import NetworkSpec
-from asose_jax.optim import ArchOptConfig, WeightOptConfig, arch_transform, hparam_transforms, weight_transform
-from asose_jax.steps import SearchStepConfig, make_search_steps
-from asose_jax.train_state import create_train_state, with_hparams
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, hparam_transforms, weight_transform
+from asose_jax.search.steps import SearchStepConfig, make_search_steps
+from asose_jax.search.train_state import create_train_state, with_hparams
+from asose_jax.space.network import init_search_variables
+from asose_jax.space.spec import NetworkSpec
 
 
 def _same(a, b):

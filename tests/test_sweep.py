@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asose_jax import config as config_lib
 from asose_jax import sweep
-from asose_jax.data import DeviceSplit, synthetic
-from asose_jax.optim import arch_transform, weight_transform
-from asose_jax.steps import make_search_steps
-from asose_jax.train_state import TrainState
+from asose_jax.data.cifar import DeviceSplit, synthetic
+from asose_jax.run import config as config_lib
+from asose_jax.search.optim import arch_transform, weight_transform
+from asose_jax.search.steps import make_search_steps
+from asose_jax.search.train_state import TrainState
 from configs import cifar10
 
 LRS = (0.05, 0.005)

@@ -1,8 +1,8 @@
 """Genotype pictures: files are written and every edge is labelled with its op."""
 import numpy as np
 
-from asose_jax import visualize
-from asose_jax.genotype import derive, named_genotypes, num_edges
+from asose_jax.report import visualize
+from asose_jax.space.genotype import derive, named_genotypes, num_edges
 
 
 def _labels(fig):

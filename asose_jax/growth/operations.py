@@ -26,11 +26,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from asose_jax.genotype import PRIMITIVES
-from asose_jax.network import (CELL_TYPES, SearchNetwork, SqueezeExcite, count_params, init_cell_variables,
+from asose_jax.space.genotype import PRIMITIVES
+from asose_jax.space.network import (CELL_TYPES, SearchNetwork, SqueezeExcite, count_params, init_cell_variables,
                                uniform_edge_weights)
-from asose_jax.ops import make_op
-from asose_jax.spec import CellSpec, NetworkSpec
+from asose_jax.space.ops import make_op
+from asose_jax.space.spec import CellSpec, NetworkSpec
 
 KINDS = ('depth', 'width', 'branch', 'attention', 'regularise', 'prune')
 Path = tuple[str, ...]

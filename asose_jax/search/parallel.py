@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from asose_jax.steps import Steps
+from asose_jax.search.steps import Steps
 
 DATA_AXIS = 'data'
 

@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asose_jax import gumbel
-from asose_jax.compilation import rarely_run
-from asose_jax.data import augment, normalize
-from asose_jax.network import FixedNetwork, search_network
-from asose_jax.ops import POINTWISE_IMPLS, pointwise
-from asose_jax.spec import NetworkSpec
-from asose_jax.train_state import TrainState
+from asose_jax.data.cifar import augment, normalize
+from asose_jax.search import gumbel
+from asose_jax.search.compilation import rarely_run
+from asose_jax.search.train_state import TrainState
+from asose_jax.space.network import FixedNetwork, search_network
+from asose_jax.space.ops import POINTWISE_IMPLS, pointwise
+from asose_jax.space.spec import NetworkSpec
 
 @dataclasses.dataclass(frozen=True)
 class SearchStepConfig:

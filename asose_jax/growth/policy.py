@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from asose_jax import stability
-from asose_jax.growth import KINDS
-from asose_jax.spec import NetworkSpec
+from asose_jax.growth.operations import KINDS
+from asose_jax.search import stability
+from asose_jax.space.spec import NetworkSpec
 
 TRIGGERS = ('none', 'schedule', 'plateau')
 KINDS_OR_AUTO = KINDS + ('auto',)

@@ -10,11 +10,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asose_jax.cells import FixedCell, SearchCell
-from asose_jax.genotype import Genotype
-from asose_jax.nb201_network import NB201Network
-from asose_jax.ops import batch_norm, conv, stem
-from asose_jax.spec import NetworkSpec
+from asose_jax.space.cells import FixedCell, SearchCell
+from asose_jax.space.genotype import Genotype
+from asose_jax.space.nb201_network import NB201Network
+from asose_jax.space.ops import batch_norm, conv, stem
+from asose_jax.space.spec import NetworkSpec
 
 CELL_TYPES = ('normal', 'reduce')  # of the DARTS space; NetworkSpec.cell_types gives any space's
 

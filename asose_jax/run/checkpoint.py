@@ -25,9 +25,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from asose_jax import execution
-from asose_jax.config import ConfigError
-from asose_jax.train_state import default_hparams
+from asose_jax.run.config import ConfigError
+from asose_jax.search import execution
+from asose_jax.search.train_state import default_hparams
 
 FORMAT = 2  # 2: the TrainState holds `hparams`; format-1 checkpoints (without) restore with the defaults
 # config fields whose change alters the network, the data or their order: a resume refuses them

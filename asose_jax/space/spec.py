@@ -8,9 +8,9 @@ import dataclasses
 import json
 from typing import Sequence
 
-from asose_jax.genotype import PRIMITIVES, num_edges
-from asose_jax.nb201_genotype import EDGES as NB201_EDGES
-from asose_jax.nb201_genotype import NB201_OPS
+from asose_jax.space.genotype import PRIMITIVES, num_edges
+from asose_jax.space.nb201_genotype import NB201_OPS
+from asose_jax.space.nb201_genotype import EDGES as NB201_EDGES
 
 SPACES = {'darts': PRIMITIVES, 'nb201': NB201_OPS}  # search space -> the ops it allows
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from asose_jax.nb201_genotype import NB201Genotype
+from asose_jax.space.nb201_genotype import NB201Genotype
 
 ENV_TABLE, ENV_OFFICIAL = 'ASOSE_NATS_TSS', 'NATS_BENCH_TSS'
 DEFAULT_DIR = os.path.join('..', 'shared', 'data', 'nats-bench-tss')

@@ -13,10 +13,10 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from asose_jax.cells import MixedOp, drop_path
-from asose_jax.nb201_genotype import EDGES, NB201Genotype
-from asose_jax.ops import ReLUConvBN, batch_norm, conv, make_op, stem
-from asose_jax.spec import CellSpec, NetworkSpec
+from asose_jax.space.cells import MixedOp, drop_path
+from asose_jax.space.nb201_genotype import EDGES, NB201Genotype
+from asose_jax.space.ops import ReLUConvBN, batch_norm, conv, make_op, stem
+from asose_jax.space.spec import CellSpec, NetworkSpec
 
 
 class ResNetBasicBlock(nn.Module):

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from asose_jax.data import download
+from asose_jax.data.layout import DataError, batch_arrays, check_layout, unpickle
 
 SOURCES = ('download', 'cifar_dir', 'tfds', 'synthetic')
 DATASETS = {'cifar10': 10, 'cifar100': 100}
@@ -29,60 +31,12 @@ class Dataset:
     num_classes: int
 
 
-class DataError(ValueError):
-    """A data folder or source that cannot be used, with the reason."""
-
-
-def _unpickle(path: str) -> dict:
-    try:
-        with open(path, 'rb') as f:
-            d = pickle.load(f, encoding='bytes')
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise DataError(f'cannot read CIFAR batch {path}: {e}') from e
-    if not isinstance(d, dict):
-        raise DataError(f'{path} does not hold a CIFAR batch dict')
-    return d
-
-
-def _batch_arrays(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    d = _unpickle(path)
-    if b'data' not in d or label_key not in d:
-        raise DataError(f'{path} lacks {b"data"!r} or {label_key!r} (keys: {sorted(d)})')
-    data = np.asarray(d[b'data'], np.uint8)
-    labels = np.asarray(d[label_key], np.int32)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataError(f'{path}: data has shape {data.shape} and {len(labels)} labels; '
-                        'expected [N, 3072] uint8 with N labels')
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
-
-
-def check_layout(path: str, dataset: str, what: str = 'data.dir') -> tuple[list[str], list[str], str, bytes]:
-    """The (train files, test files, meta file, label key) of an official CIFAR python-layout folder
-    (cifar-10: data_batch_*, test_batch, batches.meta; cifar-100: train, test, meta with fine labels);
-    a DataError naming `what` and the missing files otherwise."""
-    if not os.path.isdir(path):
-        raise DataError(f'{what} {path!r} is not a folder (expected the CIFAR python layout)')
-    names = sorted(os.listdir(path))
-    if dataset == 'cifar10':
-        train_files = [n for n in names if n.startswith('data_batch_')]
-        test_files, meta, label_key = ['test_batch'], 'batches.meta', b'labels'
-        missing = [n for n in (meta, *test_files) if n not in names] + ([] if train_files else ['data_batch_*'])
-    else:
-        train_files, test_files, meta, label_key = ['train'], ['test'], 'meta', b'fine_labels'
-        missing = [n for n in (meta, *train_files, *test_files) if n not in names]
-    if missing:
-        folder = 'cifar-10-batches-py' if dataset == 'cifar10' else 'cifar-100-python'
-        raise DataError(f'{what} {path!r} lacks {missing} of the official {dataset} python layout (it holds '
-                        f'{names[:8]}); point --config.data.dir at the {folder} folder of the official tarball')
-    return train_files, test_files, meta, label_key
-
-
 def load_cifar_dir(path: str, dataset: str = 'cifar10') -> Dataset:
     """Reads the official CIFAR python layout (`check_layout`)."""
     train_files, test_files, meta, label_key = check_layout(path, dataset)
-    _unpickle(os.path.join(path, meta))
-    train = [_batch_arrays(os.path.join(path, n), label_key) for n in train_files]
-    test = [_batch_arrays(os.path.join(path, n), label_key) for n in test_files]
+    unpickle(os.path.join(path, meta))
+    train = [batch_arrays(os.path.join(path, n), label_key) for n in train_files]
+    test = [batch_arrays(os.path.join(path, n), label_key) for n in test_files]
     num_classes = DATASETS[dataset]
     ds = Dataset(np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train]),
                  np.concatenate([a for a, _ in test]), np.concatenate([b for _, b in test]), num_classes)
@@ -129,7 +83,6 @@ def synthetic(num_train: int, num_test: int, num_classes: int, seed: int = 0, im
 def load(cfg) -> Dataset:
     """Loads the dataset named by the config's data section (validated beforehand)."""
     if cfg.source == 'download':
-        from asose_jax import download  # noqa: PLC0415 (download imports this module)
         ds = load_cifar_dir(download.ensure_cifar(cfg.dataset, cfg.cache_dir, cfg.url, cfg.md5), cfg.dataset)
     elif cfg.source == 'cifar_dir':
         ds = load_cifar_dir(cfg.dir, cfg.dataset)

@@ -7,8 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asose_jax.genotype import Genotype
-from asose_jax.ops import FactorizedReduce, ReLUConvBN, make_op
+from asose_jax.space.genotype import Genotype
+from asose_jax.space.ops import FactorizedReduce, ReLUConvBN, make_op
 
 
 class MixedOp(nn.Module):

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from asose_jax.genotype import PARAMETER_FREE, Genotype, derive_arch
+from asose_jax.space.genotype import Genotype, PARAMETER_FREE, derive_arch
 
 ON_OSCILLATION = ('none', 'lower_arch_lr', 'raise_tau')
 ON_PLATEAU = ('none', 'grow')

@@ -20,7 +20,7 @@ import zlib
 
 from tqdm import tqdm
 
-from asose_jax.data import DataError, check_layout
+from asose_jax.data.layout import DataError, check_layout
 
 CACHE_ENV = 'ASOSE_DATA_CACHE'
 DEFAULT_CACHE = os.path.join('~', '.cache', 'asose_jax', 'data')

@@ -186,7 +186,7 @@ def derive_arch(arch, space: str = 'darts', steps: int = 4, multiplier: int = 4,
                 primitives: Sequence[str] | None = None, max_skip: int | None = None):
     """The discrete genotype of arch logits in either space: DARTS ({'normal', 'reduce'}, `derive`) or
     NAS-Bench-201 ({'cell'}, `nb201_genotype.derive_nb201`)."""
-    from asose_jax.nb201_genotype import derive_nb201  # noqa: PLC0415 (nb201_genotype is a sibling leaf)
+    from asose_jax.space.nb201_genotype import derive_nb201  # noqa: PLC0415 (nb201_genotype is a sibling leaf)
     kw = {} if primitives is None else {'primitives': tuple(primitives)}
     if space == 'nb201':
         return derive_nb201(arch['cell'], max_skip=max_skip, **kw)
@@ -206,7 +206,7 @@ def named_genotypes() -> dict[str, Genotype]:
 
 def genotype_from_dict(d: dict):
     """A DARTS Genotype or, for a dict holding `nb201_arch`, a NAS-Bench-201 cell."""
-    from asose_jax.nb201_genotype import NB201Genotype  # noqa: PLC0415 (sibling leaf module)
+    from asose_jax.space.nb201_genotype import NB201Genotype  # noqa: PLC0415 (sibling leaf module)
     return NB201Genotype.from_dict(d) if 'nb201_arch' in d else Genotype.from_dict(d)
 
 
@@ -214,7 +214,7 @@ def load_genotype(arg: str):
     """A genotype from a published name (case-insensitive), a JSON file (genotype.json of a search
     workdir), a `Genotype(...)` string, or a NAS-Bench-201 arch string (`|op~0|+|...|`). Anything else
     is an error that lists the known names."""
-    from asose_jax.nb201_genotype import NB201Genotype  # noqa: PLC0415
+    from asose_jax.space.nb201_genotype import NB201Genotype  # noqa: PLC0415
     arg = str(arg).strip()
     names = named_genotype_info()
     known = (f'known names: {sorted(names)}; or a genotype JSON file, a Genotype(...) string or a '

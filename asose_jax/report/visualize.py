@@ -13,9 +13,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
-from asose_jax.genotype import Edge, Genotype
-from asose_jax.nb201_genotype import EDGES as NB201_EDGES
-from asose_jax.nb201_genotype import NB201Genotype
+from asose_jax.space.genotype import Edge, Genotype
+from asose_jax.space.nb201_genotype import NB201Genotype
+from asose_jax.space.nb201_genotype import EDGES as NB201_EDGES
 
 OP_COLOURS = {
     'skip_connect': '#555555', 'max_pool_3x3': '#1f77b4', 'avg_pool_3x3': '#17becf',

@@ -23,7 +23,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from asose_jax.genotype import Genotype  # noqa: E402
+from asose_jax.space.genotype import Genotype  # noqa: E402
 
 EVENT_COLORS = {'collapse_warning': '#d08000', 'monitor_action': '#b03030', 'growth': '#6a1b9a'}
 PHASE_COLORS = {'warmup': '#fde2c8', 'search': '#d6e6f5', 'growth': '#e3d3ef', 'optimize': '#d9f0d3'}
@@ -246,14 +246,14 @@ def cell_listing(g: Genotype) -> str:
 
 
 def draw_cells(g: Genotype, out_dir: str) -> tuple[list[str], str]:
-    """Cell pictures from asose_jax.visualize (`save_genotype_pictures`, normal above reduction)
+    """Cell pictures from asose_jax.report.visualize (`save_genotype_pictures`, normal above reduction)
     when that module exists; the plain-text listing always (cells.txt, and in the HTML)."""
     text = cell_listing(g)
     with open(os.path.join(out_dir, 'cells.txt'), 'w') as f:
         f.write(text + '\n')
-    if importlib.util.find_spec('asose_jax.visualize') is None:
+    if importlib.util.find_spec('asose_jax.report.visualize') is None:
         return [], text
-    visualize = importlib.import_module('asose_jax.visualize')
+    visualize = importlib.import_module('asose_jax.report.visualize')
     return list(visualize.save_genotype_pictures(g, out_dir, name='cells', title='final genotype',
                                                  formats=('png',))), text
 
@@ -346,6 +346,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(render(args.workdir))
 
-
-if __name__ == '__main__':
-    main()

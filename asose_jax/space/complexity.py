@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from asose_jax.genotype import Genotype
-from asose_jax.network import FixedNetwork, SearchNetwork, count_params, uniform_edge_weights
-from asose_jax.spec import NetworkSpec
+from asose_jax.space.genotype import Genotype
+from asose_jax.space.network import FixedNetwork, SearchNetwork, count_params, uniform_edge_weights
+from asose_jax.space.spec import NetworkSpec
 
 AUX_HEAD = 'aux_head'
 

@@ -8,15 +8,15 @@ import sys
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from asose_jax import execution, stability
-from asose_jax.data import DATASETS, SOURCES, DataError
-from asose_jax.genotype import PRIMITIVES
-from asose_jax.nb201_genotype import NB201_OPS
-from asose_jax.gumbel import SCHEDULES
-from asose_jax.ops import DEPTHWISE_IMPLS, POINTWISE_IMPLS
-from asose_jax.optim import ArchOptConfig, WeightOptConfig
-from asose_jax.spec import SPACES, NetworkSpec
-from asose_jax.steps import COMPUTE_DTYPES, SearchStepConfig
+from asose_jax.data.cifar import DataError, DATASETS, SOURCES
+from asose_jax.search import execution, stability
+from asose_jax.search.gumbel import SCHEDULES
+from asose_jax.search.optim import ArchOptConfig, WeightOptConfig
+from asose_jax.search.steps import COMPUTE_DTYPES, SearchStepConfig
+from asose_jax.space.genotype import PRIMITIVES
+from asose_jax.space.nb201_genotype import NB201_OPS
+from asose_jax.space.ops import DEPTHWISE_IMPLS, POINTWISE_IMPLS
+from asose_jax.space.spec import NetworkSpec, SPACES
 
 EVAL_MODES = ('softmax', 'argmax')
 SEARCH_SAMPLING = ('gumbel', 'softmax', 'dirichlet')
@@ -48,7 +48,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
                    primitives=list(PRIMITIVES),
                    compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
                    remat=False,              # recompute each cell's activations in the backward pass
-                   # the execution form (same parameters and values): chosen by asose_jax/execution.py from
+                   # the execution form (same parameters and values): chosen by asose_jax/search/execution.py from
                    # the backend when 'auto' / None; a value overrides the choice
                    depthwise_impl='auto',    # 'conv' (grouped conv) | 'shift' (k*k shifted multiply-adds)
                    pointwise_impl='auto',    # 'conv' | 'dot' (1x1 convs as matmuls)
@@ -97,7 +97,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     )
     c.parallel = dict(data_parallel=False)  # True: batch sharded over all local devices, state replicated
     c.sweep = dict(seeds=1, arch_lrs='')     # asose_jax.sweep: seeds per lr; lrs comma-separated, '' = arch_optim.lr
-    c.monitor = dict(              # stability monitor and collapse guard (asose_jax/stability.py)
+    c.monitor = dict(              # stability monitor and collapse guard (asose_jax/search/stability.py)
         metric='val_acc',          # watched quality; every threshold below is in its units
         window=4,                  # epochs of the oscillation / divergence windows
         oscillation_threshold=0.03,  # std of val_acc about its trend over the window (0.03 = 3 points)
@@ -115,7 +115,7 @@ def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
         max_skip=2,
         arch_wd_factor=3.0,
     )
-    c.checkpoint = dict(           # asose_jax/checkpoint.py; README "Resume and faults"
+    c.checkpoint = dict(           # asose_jax/run/checkpoint.py; README "Resume and faults"
         enabled=True,
         max_to_keep=3,             # latest checkpoints kept (plus the best by val_acc and the pre-growth ones)
         fresh=False,               # True: move an existing workdir aside (<workdir>.old-<time>) and start over
@@ -130,7 +130,7 @@ SMOKE_VARIANTS = ('smoke', 'smoke_growth')
 
 def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     """A CPU-sized run (README, "Measured"): 16x16 images, a small supernet (on the CPU its execution form
-    is the CPU recipe: asose_jax/execution.py) searched as a soft mixture, a small derived net. Each train
+    is the CPU recipe: asose_jax/search/execution.py) searched as a soft mixture, a small derived net. Each train
     step compiles in ~20 s (Xeon) to ~1 minute (a 2-core EPYC), so the plain smoke run does not grow (a
     growth recompiles the weight and arch steps); `growth=True` (the `smoke_growth` variant) adds a depth
     growth after search epoch 1 (untimed). Search quality of this recipe: bench/RESULTS.md."""
@@ -279,7 +279,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(m.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype', m.compute_dtype, str(COMPUTE_DTYPES))
     _check(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
     for f in ('remat_branch', 'unroll_edges', 'materialize_edge_grads'):
-        _check(m[f] is None or isinstance(m[f], bool), f'model.{f}', m[f], 'None (chosen: asose_jax/execution.py), '
+        _check(m[f] is None or isinstance(m[f], bool), f'model.{f}', m[f], 'None (chosen: asose_jax/search/execution.py), '
                'True or False')
     _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
            'True (shard the batch over all local devices) or False')
@@ -323,7 +323,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def validate_growth(c: ml_collections.ConfigDict) -> None:
-    from asose_jax import growth_policy  # noqa: PLC0415 (growth imports the network; keep config light)
+    from asose_jax.growth import policy as growth_policy  # noqa: PLC0415 (growth imports the network; keep config light)
     g = c.growth
     _check(g.trigger in growth_policy.TRIGGERS, 'growth.trigger', g.trigger, str(growth_policy.TRIGGERS))
     _check(g.kind in growth_policy.KINDS_OR_AUTO, 'growth.kind', g.kind, str(growth_policy.KINDS_OR_AUTO))
@@ -387,7 +387,7 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
 
 
 def execution_form(c: ml_collections.ConfigDict) -> dict:
-    """The model's execution-form fields, 'auto' / None resolved for this backend (asose_jax/execution.py)."""
+    """The model's execution-form fields, 'auto' / None resolved for this backend (asose_jax/search/execution.py)."""
     return execution.resolve(c.model, c.search.fast_compile)
 
 

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from asose_jax.genotype import PARAMETER_FREE, Genotype
+from asose_jax.space.genotype import Genotype, PARAMETER_FREE
 
 
 def _plain(v):

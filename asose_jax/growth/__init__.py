@@ -1,0 +1,2 @@
+"""Function-preserving growth operations on (spec, variables, optimizer states) and the policy that
+picks them."""
