@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import os
 import time
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +123,56 @@ def _evaluate(ve, state, split: DeviceSplit, batch_size: int) -> dict:
     return {'val_loss': loss / np.maximum(total, 1.0), 'val_acc': acc / np.maximum(total, 1.0)}
 
 
+def _arch_batches(split: DeviceSplit, keys, batch_size: int) -> Iterator[dict]:
+    """Endless member-stacked arch batches; each member's pass p is ordered by fold_in(its key, p)."""
+    for p in itertools.count():
+        order = _orders(split, jax.vmap(jax.random.fold_in, (0, None))(keys, p), batch_size)
+        for j in range(order.shape[1]):
+            yield _batch(split, order[:, j])
+
+
+def _sweep_epoch(vs: VmappedSteps, state, c: ml_collections.ConfigDict, splits: dict, keys: dict, arch_batches):
+    """One epoch of every member's weight (and arch) steps; returns (state, last metrics, images in
+    timed steps, timed s, first-step s). The first step compiles, so it is timed apart."""
+    bs = c.search.batch_size
+    order = _orders(splits['weights'], jax.vmap(jax.random.fold_in, (0, None))(keys['data_weights'],
+                                                                              int(state.step[0])), bs)
+    t0 = time.time()
+    images, first_s = 0, 0.0
+    for i in range(order.shape[1]):
+        state, m = vs.weight_step(state, _batch(splits['weights'], order[:, i]), keys['weight'])
+        if vs.arch_step is not None and (i + 1) % c.search.arch_every == 0:
+            state, _ = vs.arch_step(state, next(arch_batches), keys['arch'])
+        if i == 0:
+            jax.block_until_ready(state.step)
+            first_s, t0 = time.time() - t0, time.time()
+        else:
+            images += bs * order.shape[0]
+    jax.block_until_ready(state.step)
+    return state, m, images, time.time() - t0, first_s
+
+
+def _member_keys(mem: list) -> dict:
+    """Each stream of context.STREAMS stacked over the members' seeds."""
+    streams = [context.key_streams(seed) for seed, _ in mem]
+    return {name: jnp.stack([s[name] for s in streams]) for name in context.STREAMS}
+
+
+def _summary(c: ml_collections.ConfigDict, mem: list, spec: NetworkSpec, state, ev: dict) -> dict:
+    """Each member's derived genotype and accuracy, and how many agree (overall and per arch lr)."""
+    arch = jax.device_get(state.params['arch'])
+    genotypes = [str(derive_arch({t: a[i] for t, a in arch.items()}, spec.space, spec.steps, spec.multiplier,
+                                 spec.primitives)) for i in range(len(mem))]
+    common, agree = collections.Counter(genotypes).most_common(1)[0]
+    return {
+        'members': [{'seed': s, 'arch_lr': lr, 'genotype': g, 'val_acc': float(a), 'val_loss': float(l)}
+                    for (s, lr), g, a, l in zip(mem, genotypes, ev['val_acc'], ev['val_loss'])],
+        'num_members': len(mem), 'most_common_genotype': common, 'agree_with_most_common': agree,
+        'agree_by_arch_lr': {str(lr): collections.Counter(g for (_, l), g in zip(mem, genotypes) if l == lr)
+                             .most_common(1)[0][1] for lr in arch_lrs(c)},
+    }
+
+
 def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) -> dict:
     """Warmup + search for every member at once; writes and returns the sweep summary. Growth changes
     shapes, which one vmapped program cannot: the sweep searches the fixed structure (growth off)."""
@@ -129,74 +181,40 @@ def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) 
         c = c.copy_and_resolve_references()
         c.growth.trigger, c.growth.schedule = 'none', ''
     config_lib.validate(c)
-    mem = members(c)
-    splits = splits or context.load_splits(c)
+    mem, splits = members(c), splits or context.load_splits(c)
     os.makedirs(workdir, exist_ok=True)
-    t_start = time.time()
-    spec = config_lib.network_spec(c)
-    streams = [context.key_streams(seed) for seed, _ in mem]
-    keys = {name: jnp.stack([s[name] for s in streams]) for name in context.STREAMS}
-    bs = c.search.batch_size
-    n_batches = splits['weights'].num_batches(bs)
-    total = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
-    weight_tx = weight_transform(config_lib.weight_opt_config(c), total)
+    t_start, spec, keys = time.time(), config_lib.network_spec(c), _member_keys(mem)
+    n_batches = splits['weights'].num_batches(c.search.batch_size)
+    total_steps = (c.search.warmup_epochs + c.search.search_epochs) * n_batches
+    weight_tx = weight_transform(config_lib.weight_opt_config(c), total_steps)
     arch_cfg = config_lib.arch_opt_config(c)
     state = init_states(spec, keys['init'], [lr for _, lr in mem], splits['train'].images.shape[1], weight_tx,
                         arch_cfg, config_lib.execution_form(c)['depthwise_impl'])
     history, images, timed_s, first_s = [], 0, 0.0, {}
-    arch_epoch = 0
-    arch_orders, arch_pos, vs = None, 0, None
+    arch_batches = _arch_batches(splits['arch'], keys['data_arch'], c.search.batch_size)
+    vs = None
     for phase, epochs in (('warmup', c.search.warmup_epochs), ('search', c.search.search_epochs)):
-        if not epochs:
-            continue
-        scfg = config_lib.search_step_config(c, phase, n_batches)
-        vs = vmapped_steps(spec, scfg, weight_tx, arch_transform_injected(arch_cfg) if phase == 'search' else None)
+        if epochs:
+            vs = vmapped_steps(spec, config_lib.search_step_config(c, phase, n_batches), weight_tx,
+                               arch_transform_injected(arch_cfg) if phase == 'search' else None)
         for epoch in range(epochs):
-            order = _orders(splits['weights'], jax.vmap(jax.random.fold_in, (0, None))(keys['data_weights'],
-                                                                                      int(state.step[0])), bs)
-            t0 = time.time()
-            for i in range(n_batches):
-                state, m = vs.weight_step(state, _batch(splits['weights'], order[:, i]), keys['weight'])
-                if vs.arch_step is not None and (i + 1) % c.search.arch_every == 0:
-                    if arch_orders is None or arch_pos == arch_orders.shape[1]:
-                        arch_orders, arch_pos = _orders(splits['arch'], jax.vmap(jax.random.fold_in, (0, None))(
-                            keys['data_arch'], arch_epoch), bs), 0
-                        arch_epoch += 1
-                    state, _ = vs.arch_step(state, _batch(splits['arch'], arch_orders[:, arch_pos]), keys['arch'])
-                    arch_pos += 1
-                if i == 0:
-                    jax.block_until_ready(state.step)
-                    first_s.setdefault(phase, time.time() - t0)
-                    t0 = time.time()
-                else:
-                    images += bs * len(mem)
-            jax.block_until_ready(state.step)
-            timed_s += time.time() - t0
+            state, m, n_images, s, first = _sweep_epoch(vs, state, c, splits, keys, arch_batches)
+            images, timed_s = images + n_images, timed_s + s
+            first_s.setdefault(phase, first)
             ev = _evaluate(vs.eval_step, state, splits['eval'], c.data.eval_batch_size)
             history.append({'phase': phase, 'epoch': epoch, 'loss': jax.device_get(m['loss']).tolist(),
                             'val_acc': ev['val_acc'].tolist()})
             print(f'[sweep {phase} {epoch + 1}/{epochs}] {len(mem)} members, val_acc '
                   + ' '.join(f'{a:.3f}' for a in ev['val_acc']), flush=True)
-    if vs is None:
-        vs = vmapped_steps(spec, config_lib.search_step_config(c, 'search', n_batches), weight_tx, None)
-    ev = _evaluate(vs.eval_step, state, splits['eval'], c.data.eval_batch_size)
-    arch = jax.device_get(state.params['arch'])
-    genotypes = [str(derive_arch({t: a[i] for t, a in arch.items()}, spec.space, spec.steps, spec.multiplier,
-                                 spec.primitives)) for i in range(len(mem))]
-    common, agree = collections.Counter(genotypes).most_common(1)[0]
-    summary = {
-        'members': [{'seed': s, 'arch_lr': lr, 'genotype': g, 'val_acc': float(a), 'val_loss': float(l)}
-                    for (s, lr), g, a, l in zip(mem, genotypes, ev['val_acc'], ev['val_loss'])],
-        'num_members': len(mem), 'most_common_genotype': common, 'agree_with_most_common': agree,
-        'agree_by_arch_lr': {str(lr): collections.Counter(g for (_, l), g in zip(mem, genotypes) if l == lr)
-                             .most_common(1)[0][1] for lr in arch_lrs(c)},
-        'images_per_sec_total': images / timed_s if timed_s > 0 and images else float('nan'),
-        'first_step_s': first_s, 'wall_s': time.time() - t_start, 'history': history,
-        'path': 'mixture (single_path=False under vmap)',
-    }
+    vs = vs or vmapped_steps(spec, config_lib.search_step_config(c, 'search', n_batches), weight_tx, None)
+    summary = {**_summary(c, mem, spec, state, _evaluate(vs.eval_step, state, splits['eval'], c.data.eval_batch_size)),
+               'images_per_sec_total': images / timed_s if timed_s > 0 and images else float('nan'),
+               'first_step_s': first_s, 'wall_s': time.time() - t_start, 'history': history,
+               'path': 'mixture (single_path=False under vmap)'}
     with open(os.path.join(workdir, 'sweep_summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
-    print(f'sweep done in {summary["wall_s"]:.0f}s: {agree}/{len(mem)} members agree on {common}', flush=True)
+    print(f"sweep done in {summary['wall_s']:.0f}s: {summary['agree_with_most_common']}/{len(mem)} members agree "
+          f"on {summary['most_common_genotype']}", flush=True)
     return summary
 
 

@@ -65,11 +65,9 @@ def _resume(c: ml_collections.ConfigDict, ctx: context.RunContext):
     return meta, jax.device_put(state)
 
 
-def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs warmup -> search (growing between epochs if configured) -> optimize; returns the summary.
-
-    With checkpoint.enabled, a workdir holding checkpoints is resumed from the latest readable one
-    (same phase, epoch, step, data order and noise)."""
+def _open_run(c: ml_collections.ConfigDict, workdir: str) -> tuple[context.RunContext, tuple | None, float]:
+    """The run's context over a validated config and its data, and the checkpoint it resumes from
+    (metrics.jsonl cut back to that checkpoint's lines), or None; and the start time."""
     config_lib.validate(c)
     splits = context.load_splits(c)
     ck = c.get('checkpoint', None)
@@ -79,10 +77,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
             print(f'checkpoint.fresh: moved the old {workdir} to {moved}', flush=True)
     os.makedirs(workdir, exist_ok=True)
     t_start = time.time()
-    keys = context.key_streams(c.seed)
     ckpt = checkpoint.RunCheckpoints(workdir, ck.max_to_keep) if ck is not None and ck.enabled else None
     ctx = context.RunContext(c, workdir, splits['weights'], splits['arch'], splits['train'], splits['eval'],
-                            keys, None, ckpt)
+                             context.key_streams(c.seed), None, ckpt)
     resume = _resume(c, ctx) if ckpt is not None else None
     if resume is not None:
         _truncate_metrics(workdir, resume[0]['metrics_lines'])
@@ -91,39 +88,56 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
         f.write(c.to_json_best_effort(indent=1))
     ctx.writer = monitor.MetricsWriter(workdir)
+    return ctx, resume, t_start
+
+
+def _new_search_state(ctx: context.RunContext):
+    """(spec, state) of a fresh search network from the config."""
+    c = ctx.config
+    spec = config_lib.network_spec(c)
+    # the init runs once but compiles the whole forward pass: unoptimised on the CPU
+    variables = rarely_run(init_search_variables)(spec, ctx.keys['init'], ctx.train_split.images.shape[1],
+                                                  config_lib.execution_form(c)['depthwise_impl'])
+    print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
+          f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
+    txs = search_phase.search_txs(c, ctx.weights_split.num_batches(c.search.batch_size))
+    return spec, create_train_state(variables, *txs)
+
+
+def _search(ctx: context.RunContext, resume: tuple | None):
+    """Warmup then search, from the start or from the phase and position of `resume`; returns the
+    (possibly grown) spec and the state."""
+    c = ctx.config
     phase = resume[0]['phase'] if resume else 'warmup'
-    if phase == 'optimize':
-        spec = NetworkSpec.from_dict(resume[0]['spec'])
-    elif resume is not None:
-        spec, state = NetworkSpec.from_dict(resume[0]['spec']), resume[1]
-    else:
-        spec = config_lib.network_spec(c)
-        # the init runs once but compiles the whole forward pass: unoptimised on the CPU
-        variables = rarely_run(init_search_variables)(spec, keys['init'], splits['train'].images.shape[1],
-                                                      config_lib.execution_form(c)['depthwise_impl'])
-        print(f'search network: {count_params(variables["params"]["weights"]):,} weights, '
-              f'{count_params(variables["params"]["arch"])} arch logits', flush=True)
-        state = create_train_state(variables, *search_phase.search_txs(c, splits['weights'].num_batches(c.search.batch_size)))
+    spec, state = (NetworkSpec.from_dict(resume[0]['spec']), resume[1]) if resume else _new_search_state(ctx)
     with fast_compile(c.search.fast_compile):
         if phase == 'warmup':
             spec, state = search_phase.search_phase(ctx, 'warmup', spec, state, c.search.warmup_epochs,
-                                              resume=resume[0] if resume else None)
-        if phase in ('warmup', 'search'):
-            spec, state = search_phase.search_phase(ctx, 'search', spec, state, c.search.search_epochs,
-                                              resume=resume[0] if phase == 'search' else None)
-            resume = None
-    if phase == 'optimize':
-        genotype = genotype_from_dict(resume[0]['genotype'])
+                                                    resume=resume[0] if resume else None)
+        spec, state = search_phase.search_phase(ctx, 'search', spec, state, c.search.search_epochs,
+                                                resume=resume[0] if phase == 'search' else None)
+    return spec, state
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs warmup -> search (growing between epochs if configured) -> optimize; returns the summary.
+
+    With checkpoint.enabled, a workdir holding checkpoints is resumed from the latest readable one
+    (same phase, epoch, step, data order and noise)."""
+    ctx, resume, t_start = _open_run(c, workdir)
+    if resume is not None and resume[0]['phase'] == 'optimize':
+        spec, genotype = NetworkSpec.from_dict(resume[0]['spec']), genotype_from_dict(resume[0]['genotype'])
     else:
-        genotype = _derive_and_save(c, workdir, spec, state)
+        spec, state = _search(ctx, resume)
+        genotype, resume = _derive_and_save(c, workdir, spec, state), None
     _, final = retrain.optimize_phase(ctx, genotype, spec, resume)
     summary = {'genotype': str(genotype), 'val_acc': final.get('val_acc', float('nan')),
                'wall_s': time.time() - t_start, **nats_bench.summary_fields(genotype)}
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     ctx.writer.close()
-    if ckpt is not None:
-        ckpt.close()
+    if ctx.ckpt is not None:
+        ctx.ckpt.close()
     print(f"done in {summary['wall_s']:.0f}s: val_acc {summary['val_acc']:.4f}", flush=True)
     return summary
 

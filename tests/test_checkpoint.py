@@ -91,6 +91,9 @@ def test_growth_event_logged_and_function_preserving(reference):
     assert [(g['kind'], g['epoch']) for g in growths] == [('depth', 0)], growths
     g = growths[0]  # same eval logits after the growth, new weight step compiled once, sizes logged
     assert g['max_logit_change'] <= 1e-4 and g['compile_s'] > 0 and g['params_after'] > g['params_before'], g
+    steps = g['compile_steps_s']  # both programs of the grown network compiled at the growth, timed apart
+    assert sorted(steps) == ['arch_step', 'weight_step'] and min(steps.values()) > 0
+    assert g['compile_s'] == pytest.approx(sum(steps.values()), abs=0.011)
     assert [r['cells'] for r in lines if r.get('phase') == 'search' and 'event' not in r] == [2, 3, 3]
 
 
@@ -211,3 +214,40 @@ def test_data_archive_fields_do_not_block_a_resume():
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == []
     c.data.dir = '/other'
     assert checkpoint.incompatible_fields(saved, checkpoint.config_dict(c)) == ['data.dir']
+
+
+def test_resumed_grown_run_compiles_nothing_new(tmp_path, monkeypatch):
+    """A run stopped after its growth resumes on programs of the grown network that the persistent
+    compilation cache already holds: the resume rebuilds the same programs, so no cache miss (a
+    changed program, or one the growth compiled differently, would miss and compile again)."""
+    from jax._src import monitoring
+    from asose_jax.train import run
+    events = []
+
+    def listener(event, **_):
+        events.append(event)
+    monitoring.register_event_listener(listener)
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # the tiny programs are cached too
+    try:
+        c = ckpt_tiny_config.get_config()
+        run(c, str(tmp_path / 'full'))  # fills the cache with every program of the run (grown ones included)
+
+        def stop_after(phase, state):  # what the SIGTERM handler does, in-process: stop after this step
+            if phase == 'search' and int(state.step) == 5:
+                loop.STOP['signal'] = 'SIGTERM'
+            return state
+        monkeypatch.setattr(loop, 'STEP_CALLBACKS', [stop_after])
+        monkeypatch.setitem(loop.STOP, 'signal', None)
+        with pytest.raises(loop.Interrupted):
+            run(c, str(tmp_path / 'stopped'))
+        _, meta, _ = restore_raw(tmp_path / 'stopped')
+        assert (meta['phase'], meta['epoch'], len(meta['spec']['cells'])) == ('search', 1, 3), meta  # after the growth
+        loop.STOP['signal'] = None
+        events.clear()
+        run(c, str(tmp_path / 'stopped'))
+    finally:
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', before)
+        monitoring.unregister_event_listener(listener)
+    assert events.count('/jax/compilation_cache/cache_misses') == 0
+    assert events.count('/jax/compilation_cache/cache_hits') >= 3  # weight, arch and eval steps at least

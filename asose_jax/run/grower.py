@@ -107,6 +107,19 @@ class Grower:
                 return grown
         return spec, state, steps
 
+    def _compile(self, steps: Steps, state: TrainState) -> tuple[Steps, dict]:
+        """The new network's weight and arch steps compiled now (from the persistent cache when a run
+        of the same shapes filled it), so that the growth event carries their compile seconds."""
+        batch = next(iter(self.ctx.weights_split.epoch_batches(self.ctx.keys['data_weights'],
+                                                                self.ctx.config.search.batch_size)))
+        compiled, seconds = {}, {}
+        for name, key in (('weight_step', 'weight'), ('arch_step', 'arch')):
+            if getattr(steps, name) is not None:
+                t0 = time.time()
+                compiled[name] = getattr(steps, name).lower(state, batch, self.ctx.keys[key]).compile()
+                seconds[name] = round(time.time() - t0, 2)
+        return dataclasses.replace(steps, **compiled), seconds
+
     def _try(self, kind: str, epoch: int, spec: NetworkSpec, state: TrainState, steps: Steps):
         c = self.ctx.config
         snapshot_state = jax.tree_util.tree_map(jnp.copy, state)
@@ -127,18 +140,15 @@ class Grower:
                                   weight_opt_state=grown.opt_states[0], arch_opt_state=grown.opt_states[1])
         _, before = steps.eval_step(snapshot_state, self.check_batch)
         new_steps = self.build_steps(grown.spec)
-        sample = next(iter(self.ctx.weights_split.epoch_batches(self.ctx.keys['data_weights'], c.search.batch_size)))
-        compile_s = None  # sharded steps compile at their first call (in that epoch's first_step_s)
+        compile_s = {}  # sharded steps compile at their first call (in that epoch's first_step_s)
         if c.parallel.data_parallel:
             new_steps, new_state = parallel.maybe_parallel(c, new_steps, new_state)
-        else:  # compile the new weight step now, to log its compile time with the growth
-            t0 = time.time()
-            compiled = new_steps.weight_step.lower(new_state, sample, self.ctx.keys['weight']).compile()
-            compile_s = round(time.time() - t0, 2)
-            new_steps = dataclasses.replace(new_steps, weight_step=compiled)
+        else:
+            new_steps, compile_s = self._compile(new_steps, new_state)
         _, after = new_steps.eval_step(new_state, self.check_batch)
         change = float(jnp.max(jnp.abs(before['logits'] - after['logits'])))
-        fields = {**grown.event, 'max_logit_change': change, 'compile_s': compile_s,
+        fields = {**grown.event, 'max_logit_change': change,
+                  'compile_s': round(sum(compile_s.values()), 2) if compile_s else None, 'compile_steps_s': compile_s,
                   'cells': grown.spec.layers, 'spec': grown.spec.to_dict()['cells']}
         if kind == 'prune':
             fields.update(loss_before=float(before['loss']), loss_after=float(after['loss']),
