@@ -12,6 +12,7 @@ import pytest
 from flax import traverse_util
 
 from asose_jax.growth import operations as growth
+from asose_jax.growth import surgery
 from asose_jax.search.optim import ArchOptConfig, WeightOptConfig, arch_transform, weight_transform
 from asose_jax.search.steps import SearchStepConfig, make_search_steps
 from asose_jax.search.train_state import TrainState
@@ -147,7 +148,7 @@ def test_widen_replicates_moments_like_weights(chain):
     weights = traverse_util.flatten_dict(v['params'])
 
     def as_params(path, leaf):
-        suffix = growth._param_suffix(path)
+        suffix = surgery.param_suffix(path)
         return weights[suffix] if suffix and suffix[0] == 'weights' else leaf
 
     opt = tuple(jax.tree_util.tree_map_with_path(as_params, tx.init(v['params'])) for tx in TXS)
@@ -155,7 +156,7 @@ def test_widen_replicates_moments_like_weights(chain):
     new_w = traverse_util.flatten_dict(grown.variables['params'])
     checked = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(grown.opt_states[0])[0]:
-        suffix = growth._param_suffix(path)
+        suffix = surgery.param_suffix(path)
         if suffix and suffix[0] == 'weights':
             np.testing.assert_array_equal(np.asarray(leaf), np.asarray(new_w[suffix]), err_msg=str(suffix))
             checked += int(np.shape(leaf) != np.shape(weights[suffix]))

@@ -2,159 +2,31 @@
 
 Every operation maps (spec, variables, opt_states, key) -> Grown(spec', variables', opt_states',
 event). The new network computes the same eval-mode logits (checked numerically by the tests and
-by the growth phase); `prune` is the exception and reports its measured change instead.
-
-How each leaf of the new network is filled is one rule, `remap(path) -> Transfer | None`: a
-Transfer names the old leaf and the function that turns it into the new one (Net2Wider
-replication, a renamed cell, an appended arch column); None means a new leaf, whose initial value
-comes from initialising only the new part (one cell, one op, one gate: a small compile) for
-parameters and batch statistics, or zero for optimizer moments. Counters and other
-non-parameter optimizer leaves are carried over unchanged.
-
-The optimizer transforms are passed in (`txs`) because the new optimizer state is built with
-`tx.init(new_params)` and then filled: that keeps optax's own state layout the source of truth.
+by the growth phase); `prune` is the exception and reports its measured change instead. Each
+operation states its change as a `remap` rule; `surgery.rebuild` fills the new leaves from it.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
+from asose_jax.growth.surgery import (ChannelMap, Grown, Path, Transfer, carry_opt_state, cell_index, flat_fresh,
+                                      flatten, rebuild, rep, rep_in)
 from asose_jax.space.genotype import PRIMITIVES
-from asose_jax.space.network import (CELL_TYPES, SearchNetwork, SqueezeExcite, count_params, init_cell_variables,
-                               uniform_edge_weights)
+from asose_jax.space.network import SqueezeExcite, count_params, init_cell_variables
 from asose_jax.space.ops import make_op
 from asose_jax.space.spec import CellSpec, NetworkSpec
 
 KINDS = ('depth', 'width', 'branch', 'attention', 'regularise', 'prune')
-Path = tuple[str, ...]
 
 
 class GrowthSkipped(Exception):
     """A growth that cannot or must not happen (a cap, nothing left to add); the caller logs it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Transfer:
-    """New leaf = fn(old leaf at old_path); optimizer moments use moment_fn (default: fn)."""
-
-    old_path: Path
-    fn: Callable = lambda x: x
-    moment_fn: Callable | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Grown:
-    spec: NetworkSpec
-    variables: dict
-    opt_states: tuple  # (weight_opt_state, arch_opt_state)
-    event: dict
-
-
-# ----------------------------------------------------------------------------- leaf plumbing
-
-def _flat(tree) -> dict:
-    return traverse_util.flatten_dict(tree) if tree else {}
-
-
-def _variables_flat(variables: dict) -> dict:
-    """{('params', 'weights', ...): leaf, ('batch_stats', ...): leaf}."""
-    return _flat({'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})})
-
-
-def _structure(spec: NetworkSpec) -> dict:
-    """Shapes and dtypes of a network's variables (traced with eval_shape: nothing is compiled)."""
-    model = SearchNetwork(spec)
-    n_red = sum(c.reduction for c in spec.cells)
-    x = jax.ShapeDtypeStruct((1, 2 ** (n_red + 3), 2 ** (n_red + 3), 3), jnp.float32)
-    v = jax.eval_shape(lambda k, x: model.init(k, x, uniform_edge_weights(spec), train=False), jax.random.key(0), x)
-    arch = {t: jax.ShapeDtypeStruct((spec.num_edges, spec.num_ops), jnp.float32) for t in CELL_TYPES}
-    return {'params': {'weights': v['params'], 'arch': arch}, 'batch_stats': v.get('batch_stats', {})}
-
-
-def _fill_variables(shapes: dict, old: dict, remap: Callable[[Path], Transfer | None], fresh: dict) -> dict:
-    """New variables: each leaf from the old ones via remap, or from `fresh` (flat) when new."""
-    old_flat = _variables_flat(old)
-    new_flat = {}
-    for path, sds in _variables_flat(shapes).items():
-        t = remap(path)
-        if t is None:
-            if path not in fresh:
-                raise AssertionError(f'growth: new leaf {"/".join(path)} has no initial value')
-            value = fresh[path]
-        else:
-            value = t.fn(old_flat[t.old_path])
-        new_flat[path] = jnp.asarray(value, sds.dtype)
-        if new_flat[path].shape != sds.shape:
-            raise AssertionError(f'growth produced {new_flat[path].shape} for {"/".join(path)}, expected {sds.shape}')
-    tree = traverse_util.unflatten_dict(new_flat)
-    return {'params': tree['params'], 'batch_stats': tree.get('batch_stats', {})}
-
-
-def _param_suffix(keypath) -> Path:
-    """The trailing dict keys of an optimizer-state leaf path: the parameter path it mirrors."""
-    suffix = []
-    for k in reversed(keypath):
-        if not isinstance(k, jax.tree_util.DictKey):
-            break
-        suffix.append(str(k.key))
-    return tuple(reversed(suffix))
-
-
-def carry_opt_state(tx: optax.GradientTransformation, old_state, new_params: dict,
-                    remap: Callable[[Path], Transfer | None]):
-    """The state tx.init(new_params) would have, every parameter-shaped leaf filled from the old
-    state via remap (moments of unchanged leaves carried, new leaves zero) and every other leaf
-    (step counts) carried. Built from eval_shape, so nothing is dispatched leaf by leaf."""
-    shapes = jax.eval_shape(tx.init, new_params)
-    old_leaves = dict(jax.tree_util.tree_flatten_with_path(old_state)[0])
-
-    def fill(keypath, sds):
-        suffix = _param_suffix(keypath)
-        if suffix and suffix[0] in ('weights', 'arch'):
-            t = remap(('params',) + suffix)
-            if t is None:
-                return jnp.zeros(sds.shape, sds.dtype)
-            prefix = keypath[:len(keypath) - len(suffix)]
-            old = old_leaves[prefix + tuple(jax.tree_util.DictKey(k) for k in t.old_path[1:])]
-            new = jnp.asarray((t.moment_fn or t.fn)(old), sds.dtype)
-            if new.shape != sds.shape:
-                raise AssertionError(f'optimizer leaf {jax.tree_util.keystr(keypath)}: {new.shape} != {sds.shape}')
-            return new
-        old = old_leaves.get(keypath)
-        return old if old is not None and np.shape(old) == sds.shape else jnp.zeros(sds.shape, sds.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def rebuild(new_spec: NetworkSpec, variables: dict, opt_states: tuple, txs: tuple,
-            remap: Callable[[Path], Transfer | None], event: dict, fresh: dict | None = None) -> Grown:
-    """The new spec's variables and optimizer states, filled from the old ones by remap; `fresh`
-    (flat {path: value}) holds the initial values of new leaves."""
-    new_vars = _fill_variables(_structure(new_spec), variables, remap, fresh or {})
-    new_opt = tuple(carry_opt_state(tx, st, new_vars['params'], remap) for tx, st in zip(txs, opt_states))
-    event = {**event, 'params_before': count_params(variables['params']['weights']),
-             'params_after': count_params(new_vars['params']['weights'])}
-    return Grown(new_spec.with_growth(event), new_vars, new_opt, event)
-
-
-def _flat_fresh(variables: dict) -> dict:
-    """{'params': {...}, 'batch_stats': {...}} of network-level names -> flat full paths."""
-    return _flat({'params': {'weights': variables['params']}, 'batch_stats': variables['batch_stats']})
-
-
-# ----------------------------------------------------------------------------- structure helpers
-
-def _cell_index(name: str) -> tuple[int, str] | None:
-    """'cell12_gate' -> (12, '_gate'); 'cell3' -> (3, ''); other names -> None."""
-    m = re.fullmatch(r'cell(\d+)(_gate|_se|)', name)
-    return (int(m.group(1)), m.group(2)) if m else None
 
 
 # ----------------------------------------------------------------------------- deepen
@@ -176,7 +48,7 @@ def deepen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: t
 
     def remap(path: Path) -> Transfer | None:
         root = 2 if path[0] == 'params' else 1
-        parsed = _cell_index(path[root]) if len(path) > root else None
+        parsed = cell_index(path[root]) if len(path) > root else None
         if parsed is None:
             return Transfer(path)
         i, rest = parsed
@@ -187,55 +59,10 @@ def deepen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: t
 
     event = {'kind': 'depth', 'stage': stage, 'position': pos, 'C': new_cell.C, 'cells_after': new_spec.layers}
     return rebuild(new_spec, variables, opt_states, txs, remap, event,
-                   _flat_fresh(init_cell_variables(new_spec, pos, key)))
+                   flat_fresh(init_cell_variables(new_spec, pos, key)))
 
 
 # ----------------------------------------------------------------------------- widen (Net2Wider)
-
-@dataclasses.dataclass(frozen=True)
-class ChannelMap:
-    """new channel j copies old channel idx[j]; count[c] copies of old channel c exist."""
-
-    idx: np.ndarray
-    count: np.ndarray
-
-    @classmethod
-    def identity(cls, n: int) -> 'ChannelMap':
-        return cls(np.arange(n), np.ones(n, np.int64))
-
-    @classmethod
-    def widen(cls, C: int, C_new: int) -> 'ChannelMap':
-        """Replication that keeps each half within its half, so FactorizedReduce's two convs
-        (first half, second half of the channels) stay separable."""
-        h, hn = C // 2, C_new // 2
-        idx = np.concatenate([np.arange(hn) % h, h + np.arange(C_new - hn) % (C - h)])
-        return cls(idx, np.bincount(idx, minlength=C))
-
-    def tile(self, times: int) -> 'ChannelMap':
-        """The map of `times` concatenated blocks (a cell output concatenates its nodes)."""
-        C = len(self.count)
-        return ChannelMap(np.concatenate([k * C + self.idx for k in range(times)]), np.tile(self.count, times))
-
-    def half(self, which: int) -> np.ndarray:
-        n, C = len(self.idx), len(self.count)
-        return self.idx[:n // 2] if which == 0 else self.idx[n // 2:] - C // 2
-
-    @property
-    def is_identity(self) -> bool:
-        return len(self.idx) == len(self.count) and bool(np.all(self.idx == np.arange(len(self.idx))))
-
-
-def _rep(x, axis: int, idx):
-    return np.take(np.asarray(x), idx, axis=axis)
-
-
-def _rep_in(x, axis: int, m: ChannelMap):
-    """Replicate an input axis and divide by the copy count: the consumer's sum is unchanged."""
-    x = np.asarray(x)
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    return np.take(x / m.count.reshape(shape), m.idx, axis=axis)
-
 
 def widened_C(C: int, factor: float) -> int:
     """C * factor rounded up to an even count (FactorizedReduce halves it), at least C + 2."""
@@ -254,8 +81,23 @@ def widen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: tu
         stage = min(stages, key=lambda s: (max(c.C for c, l in zip(spec.cells, levels) if l == s) / 2 ** s, s))
     if stage not in stages:
         raise GrowthSkipped(f'widen: no stage {stage}; stages are {stages}')
+    cell_maps, cells = _widened_cells(spec, stage, factor)
+    new_spec = dataclasses.replace(spec, cells=tuple(cells))
+    w = _channel_flow(spec, cell_maps)
+
+    def remap(path: Path) -> Transfer:
+        return Transfer(path, _widen_leaf_fn(w, path))
+
+    event = {'kind': 'width', 'stage': stage, 'factor': factor,
+             'C_before': sorted({spec.cells[i].C for i, l in enumerate(levels) if l == stage}),
+             'C_after': sorted({cells[i].C for i, l in enumerate(levels) if l == stage})}
+    return rebuild(new_spec, variables, opt_states, txs, remap, event)
+
+
+def _widened_cells(spec: NetworkSpec, stage: int, factor: float) -> tuple[dict, list]:
+    """Each cell's channel map (identity outside `stage`) and its new spec: the maps drive every leaf."""
     cell_maps, cells = {}, []
-    for i, (c, level) in enumerate(zip(spec.cells, levels)):
+    for i, (c, level) in enumerate(zip(spec.cells, spec.levels)):
         if level == stage:
             if c.C % 2:
                 raise GrowthSkipped(f'widen: cell {i} has odd C={c.C}')
@@ -264,9 +106,21 @@ def widen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: tu
         else:
             cell_maps[i] = ChannelMap.identity(c.C)
             cells.append(c)
-    new_spec = dataclasses.replace(spec, cells=tuple(cells))
+    return cell_maps, cells
 
-    # the channel maps of each cell's two inputs and of its output, following SearchNetwork's chain
+
+@dataclasses.dataclass(frozen=True)
+class _Widening:
+    """The channel maps a consumer's leaves need: its cell's, the cell's two inputs', its output's."""
+
+    cells: dict[int, ChannelMap]
+    inputs: dict[int, tuple[ChannelMap, ChannelMap]]
+    outputs: dict[int, ChannelMap]
+    final: ChannelMap  # the classifier's input
+
+
+def _channel_flow(spec: NetworkSpec, cell_maps: dict) -> _Widening:
+    """Follows SearchNetwork's chain of cells (a residual one does not shift it): inputs map as their producers."""
     mult = spec.multiplier
     s0 = s1 = ChannelMap.identity(spec.stem_C)
     inputs, outputs = {}, {}
@@ -275,57 +129,53 @@ def widen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: tu
         outputs[i] = cell_maps[i].tile(mult)
         if not c.residual:
             s0, s1 = s1, outputs[i]
-    final = s1
+    return _Widening(cell_maps, inputs, outputs, s1)
 
-    def cell_leaf(i: int, sub: Path, x):
-        g = cell_maps[i]
-        part, leaf, parent = sub[0], sub[-1], sub[-2] if len(sub) > 1 else ''
-        if part in ('pre0', 'pre1'):
-            m_in = inputs[i][0 if part == 'pre0' else 1]
-            if leaf == 'kernel':
-                out = g.half(0) if parent == 'conv1' else g.half(1) if parent == 'conv2' else g.idx
-                return _rep(_rep_in(x, -2, m_in), -1, out)
-            return _rep(x, -1, g.idx)                                # BN statistics
-        if part in ('input_edges', 'node_edges'):
-            if leaf.startswith('gate_'):
-                return x                                             # one scalar per edge
-            if leaf == 'kernel' and parent == 'dw':
-                return _rep(x, -1, g.idx)
-            if leaf == 'kernel':                                     # pointwise / FactorizedReduce convs
-                out = g.half(0) if parent == 'conv1' else g.half(1) if parent == 'conv2' else g.idx
-                return _rep(_rep_in(x, -2, g), -1, out)
-            return _rep(x, -1, g.idx)                                # BN statistics
-        raise AssertionError(f'widen: unexpected leaf {sub}')
 
-    def leaf_fn(path: Path) -> Callable:
-        root = 2 if path[0] == 'params' else 1
-        if path[0] == 'params' and path[1] == 'arch':
+def _widen_cell_leaf(w: _Widening, i: int, sub: Path, x):
+    """A leaf inside cell i: preprocessing reads the cell's inputs, edge ops read and write its nodes."""
+    g = w.cells[i]
+    part, leaf, parent = sub[0], sub[-1], sub[-2] if len(sub) > 1 else ''
+    if part in ('pre0', 'pre1'):
+        m_in = w.inputs[i][0 if part == 'pre0' else 1]
+        if leaf == 'kernel':
+            out = g.half(0) if parent == 'conv1' else g.half(1) if parent == 'conv2' else g.idx
+            return rep(rep_in(x, -2, m_in), -1, out)
+        return rep(x, -1, g.idx)                         # BN statistics
+    if part in ('input_edges', 'node_edges'):
+        if leaf.startswith('gate_'):
+            return x                                     # one scalar per edge
+        if leaf == 'kernel' and parent == 'dw':
+            return rep(x, -1, g.idx)
+        if leaf == 'kernel':                             # pointwise / FactorizedReduce convs
+            out = g.half(0) if parent == 'conv1' else g.half(1) if parent == 'conv2' else g.idx
+            return rep(rep_in(x, -2, g), -1, out)
+        return rep(x, -1, g.idx)                         # BN statistics
+    raise AssertionError(f'widen: unexpected leaf {sub}')
+
+
+def _widen_leaf_fn(w: _Widening, path: Path) -> Callable:
+    """old leaf -> new leaf for any variable path: cells, their gates and SE, the classifier."""
+    root = 2 if path[0] == 'params' else 1
+    if path[0] == 'params' and path[1] == 'arch':
+        return lambda x: x
+    name, sub = path[root], path[root + 1:]
+    parsed = cell_index(name)
+    if parsed is not None:
+        i, rest = parsed
+        if rest == '':
+            return lambda x: _widen_cell_leaf(w, i, sub, x)
+        if rest == '_gate':
+            return lambda x: rep(x, -1, w.outputs[i].idx)
+        if rest == '_se':
+            if sub == ('fc1', 'kernel'):
+                return lambda x: rep_in(x, 0, w.outputs[i])
+            if sub[0] == 'fc2':
+                return lambda x: rep(x, -1, w.outputs[i].idx)
             return lambda x: x
-        name, sub = path[root], path[root + 1:]
-        parsed = _cell_index(name)
-        if parsed is not None:
-            i, rest = parsed
-            if rest == '':
-                return lambda x: cell_leaf(i, sub, x)
-            if rest == '_gate':
-                return lambda x: _rep(x, -1, outputs[i].idx)
-            if rest == '_se':
-                if sub == ('fc1', 'kernel'):
-                    return lambda x: _rep_in(x, 0, outputs[i])
-                if sub[0] == 'fc2':
-                    return lambda x: _rep(x, -1, outputs[i].idx)
-                return lambda x: x
-        if name == 'classifier' and sub == ('kernel',):
-            return lambda x: _rep_in(x, 0, final)
-        return lambda x: x                                           # stem, classifier bias, fc1 bias
-
-    def remap(path: Path) -> Transfer:
-        return Transfer(path, leaf_fn(path))
-
-    event = {'kind': 'width', 'stage': stage, 'factor': factor,
-             'C_before': sorted({spec.cells[i].C for i, l in enumerate(levels) if l == stage}),
-             'C_after': sorted({cells[i].C for i, l in enumerate(levels) if l == stage})}
-    return rebuild(new_spec, variables, opt_states, txs, remap, event)
+    if name == 'classifier' and sub == ('kernel',):
+        return lambda x: rep_in(x, 0, w.final)
+    return lambda x: x                                   # stem, classifier bias, fc1 bias
 
 
 # ----------------------------------------------------------------------------- add_branch
@@ -384,7 +234,7 @@ def _fresh_branch(spec: NetworkSpec, op: str, key) -> dict:
             v = jax.vmap(lambda k: module.init(k, x, False))(keys)
             prefix = (f'cell{i}', scan, 'mixed')
             for col, root in (('params', ('params', 'weights')), ('batch_stats', ('batch_stats',))):
-                for path, leaf in _flat(v.get(col, {})).items():
+                for path, leaf in flatten(v.get(col, {})).items():
                     fresh[root + prefix + (op,) + path] = leaf
             fresh[('params', 'weights') + prefix + (f'gate_{op}',)] = jnp.zeros((n,))
     return fresh
@@ -413,7 +263,7 @@ def add_attention(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *,
 
     event = {'kind': 'attention', 'cell': cell, 'hidden': hidden}
     se = SqueezeExcite(hidden).init(key, jnp.zeros((1, 1, 1, spec.multiplier * c.C)))['params']
-    fresh = {('params', 'weights', f'cell{cell}_se') + p: x for p, x in _flat(se).items()}
+    fresh = {('params', 'weights', f'cell{cell}_se') + p: x for p, x in flatten(se).items()}
     return rebuild(new_spec, variables, opt_states, txs, remap, event, fresh)
 
 
@@ -438,7 +288,7 @@ def prune(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: tu
     One-shot: no mask is kept, so pruned weights may grow back in later training."""
     if not 0.0 < fraction < 1.0:
         raise GrowthSkipped(f'prune: fraction={fraction} must be in (0, 1)')
-    flat = _flat(variables['params']['weights'])
+    flat = flatten(variables['params']['weights'])
     kernels = {p: np.asarray(v) for p, v in flat.items() if p[-1] == 'kernel'}
     magnitudes = np.concatenate([np.abs(v).ravel() for v in kernels.values()])
     threshold = np.quantile(magnitudes, fraction)
@@ -470,4 +320,3 @@ def grow(kind: str, spec: NetworkSpec, variables: dict, opt_states: tuple, key, 
     if kind not in OPERATIONS:
         raise ValueError(f'growth kind {kind!r}; allowed: {list(KINDS)}')
     return OPERATIONS[kind](spec, variables, opt_states, key, txs=txs, **options)
-
