@@ -25,104 +25,102 @@ SEARCH_SAMPLING = ('gumbel', 'softmax', 'dirichlet')
 def base_config(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = dict(
-        source='download',        # one of SOURCES; download: the official tarball, fetched once into the cache
-        dataset=dataset,
-        dir='',                   # cifar_dir: the python-layout folder; tfds: optional data_dir
-        cache_dir='',             # download: '' = $ASOSE_DATA_CACHE, else ~/.cache/asose_jax/data
-        url='',                   # download: '' = the official URL (a mirror must serve the same file)
-        md5='',                   # download: '' = the official archive's md5
-        train_portion=0.5,        # weight half / arch half of the training set
-        split_seed=0,
-        cutout=0,                 # search: no cutout (DARTS); optimize has its own
-        image_size=32,            # CIFAR images are average-pooled down to this
-        synthetic_train=2048,
-        synthetic_test=512,
-        max_train=0,              # 0 = all
-        max_test=0,
-        eval_batch_size=256,
-    )
-    c.model = dict(space='darts',            # 'darts' | 'nb201' (NAS-Bench-201 cells and macro network)
-                   C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
-                   cells_per_stage=5,        # nb201: N cells in each of the three stages
-                   primitives=list(PRIMITIVES),
-                   compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
-                   remat=False,              # recompute each cell's activations in the backward pass
-                   # the execution form (same parameters and values): chosen by asose_jax/search/execution.py from
-                   # the backend when 'auto' / None; a value overrides the choice
-                   depthwise_impl='auto',    # 'conv' (grouped conv) | 'shift' (k*k shifted multiply-adds)
-                   pointwise_impl='auto',    # 'conv' | 'dot' (1x1 convs as matmuls)
-                   remat_branch=placeholder(bool),    # recompute each candidate op in the backward pass
-                   unroll_edges=placeholder(bool),    # unroll the cells' edge scans
-                   materialize_edge_grads=placeholder(bool))  # each edge's input gradient in its own fusion
-    c.search = dict(
-        batch_size=64,
-        warmup_epochs=10,
-        search_epochs=50,
-        arch_every=1,             # one arch step per this many weight steps
-        sampling='gumbel',        # edge weights: 'gumbel' samples, 'softmax' (DARTS, no noise), 'dirichlet' (DrNAS)
-        beta_reg=0.0,             # beta-DARTS beta-decay weight on the arch loss (ramped 0 -> this over the search)
-        hard=True,                # straight-through one-hot Gumbel samples
-        single_path=True,         # evaluate only the sampled op (GDAS); needs hard
-        tau_max=10.0,
-        tau_min=0.1,
-        tau_schedule='exponential',
-        unrolled=False,           # second-order arch gradient
-        eval_mode='argmax',
-        fast_compile=False,       # compile warmup/search steps with most XLA optimisations off: on the
-                                  # 2-core CPU ~25% faster to compile, ~3x slower steps (bench/RESULTS.md)
-    )
+    c.data = _data_defaults(dataset)
+    c.model = _model_defaults()
+    c.search = _search_defaults()
     c.weight_optim = dict(lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, grad_clip=5.0)
     c.arch_optim = dict(lr=3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
     c.optimize = dict(
-        epochs=50, batch_size=96,
-        C=0, layers=0,            # 0 = the search network's C / layers
+        epochs=50, batch_size=96, C=0, layers=0,  # 0 = the search network's C / layers
         lr=0.025, lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
         cutout=16, drop_path=0.0, auxiliary=False, aux_weight=0.4,
-        depthwise_impl='shift',   # 2-2.5x faster than grouped conv for the derived net on CPU
-    )
-    c.growth = dict(
+        depthwise_impl='shift')   # 2-2.5x faster than grouped conv for the derived net on CPU
+    c.growth = _growth_defaults()
+    c.parallel = dict(data_parallel=False)  # True: batch sharded over all local devices, state replicated
+    c.sweep = dict(seeds=1, arch_lrs='')     # asose_jax.sweep: seeds per lr; lrs comma-separated, '' = arch_optim.lr
+    c.monitor = _monitor_defaults()
+    c.checkpoint = dict(           # asose_jax/run/checkpoint.py; README "Resume and faults"
+        enabled=True, max_to_keep=3,  # latest checkpoints kept (plus the best by val_acc and the pre-growth ones)
+        fresh=False,                  # True: move an existing workdir aside (<workdir>.old-<time>) and start over
+        nan_retries=3)                # non-finite metrics: roll the epoch back with the weight lr halved, this often
+    c.progress = True
+    return c
+
+
+def _data_defaults(dataset: str) -> dict:
+    return dict(source='download',  # one of SOURCES; download: the official tarball, fetched once into the cache
+                dataset=dataset,
+                dir='',             # cifar_dir: the python-layout folder; tfds: optional data_dir
+                cache_dir='',       # download: '' = $ASOSE_DATA_CACHE, else ~/.cache/asose_jax/data
+                url='',             # download: '' = the official URL (a mirror must serve the same file)
+                md5='',             # download: '' = the official archive's md5
+                train_portion=0.5,  # weight half / arch half of the training set
+                split_seed=0,
+                cutout=0,           # search: no cutout (DARTS); optimize has its own
+                image_size=32,      # CIFAR images are average-pooled down to this
+                synthetic_train=2048, synthetic_test=512,
+                max_train=0, max_test=0, eval_batch_size=256)  # max_train/max_test: 0 = all
+
+
+def _model_defaults() -> dict:
+    return dict(space='darts',            # 'darts' | 'nb201' (NAS-Bench-201 cells and macro network)
+                C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
+                cells_per_stage=5,        # nb201: N cells in each of the three stages
+                primitives=list(PRIMITIVES),
+                compute_dtype='float32',  # 'bfloat16': bf16 compute, fp32 master weights/opt state/BN stats
+                remat=False,              # recompute each cell's activations in the backward pass
+                # the execution form (same parameters and values): chosen by asose_jax/search/execution.py from
+                # the backend when 'auto' / None; a value overrides the choice
+                depthwise_impl='auto',    # 'conv' (grouped conv) | 'shift' (k*k shifted multiply-adds)
+                pointwise_impl='auto',    # 'conv' | 'dot' (1x1 convs as matmuls)
+                remat_branch=placeholder(bool),    # recompute each candidate op in the backward pass
+                unroll_edges=placeholder(bool),    # unroll the cells' edge scans
+                materialize_edge_grads=placeholder(bool))  # each edge's input gradient in its own fusion
+
+
+def _search_defaults() -> dict:
+    return dict(batch_size=64, warmup_epochs=10, search_epochs=50,
+                arch_every=1,       # one arch step per this many weight steps
+                sampling='gumbel',  # edge weights: 'gumbel' samples, 'softmax' (DARTS, no noise), 'dirichlet' (DrNAS)
+                beta_reg=0.0,       # beta-DARTS beta-decay weight on the arch loss (ramped 0 -> this over the search)
+                hard=True,          # straight-through one-hot Gumbel samples
+                single_path=True,   # evaluate only the sampled op (GDAS); needs hard
+                tau_max=10.0, tau_min=0.1, tau_schedule='exponential',
+                unrolled=False,     # second-order arch gradient
+                eval_mode='argmax',
+                fast_compile=False)  # compile warmup/search steps with most XLA optimisations off: on the
+                                     # 2-core CPU ~25% faster to compile, ~3x slower steps (bench/RESULTS.md)
+
+
+def _growth_defaults() -> dict:
+    return dict(
         trigger='none',           # none | schedule | plateau
         schedule='',              # 'EPOCH:KIND,...': grow after these search epochs (0-based), e.g. '0:depth,1:width'
         kind='auto',              # plateau growth: one of growth.KINDS or 'auto' (see growth_policy.choose_kind)
         plateau_window=3,         # epochs of val_acc looked at
         plateau_threshold=0.005,  # val_acc units (a fraction): 0.005 = half a percentage point
-        max_growths=4,
-        max_cells=20, max_C=64, max_params=5_000_000,   # caps: a growth past one is skipped and logged
+        max_growths=4, max_cells=20, max_C=64, max_params=5_000_000,  # caps: a growth past one is skipped and logged
         width_factor=1.5, deepen_stage=-1, attention_cell=-1,  # -1 = automatic choice
-        branch_op='auto', branch_init_weight=1e-7,
-        drop_path=0.1, dropout=0.1, prune_fraction=0.2,
+        branch_op='auto', branch_init_weight=1e-7, drop_path=0.1, dropout=0.1, prune_fraction=0.2,
         rollback_patience=2,      # epochs after a growth before comparing val_acc with the pre-growth value
-        rollback_margin=0.02,     # roll back when val_acc fell by more than this (a fraction)
-    )
-    c.parallel = dict(data_parallel=False)  # True: batch sharded over all local devices, state replicated
-    c.sweep = dict(seeds=1, arch_lrs='')     # asose_jax.sweep: seeds per lr; lrs comma-separated, '' = arch_optim.lr
-    c.monitor = dict(              # stability monitor and collapse guard (asose_jax/search/stability.py)
-        metric='val_acc',          # watched quality; every threshold below is in its units
-        window=4,                  # epochs of the oscillation / divergence windows
-        oscillation_threshold=0.03,  # std of val_acc about its trend over the window (0.03 = 3 points)
-        plateau_patience=5,
-        plateau_threshold=0.005,   # val_acc fraction: 0.005 = half a percentage point
-        degradation_threshold=0.05,  # drop below the best val_acc of the phase
-        divergence_rise=0.1,       # train loss up every epoch of the window, by > 10% in total
-        on_oscillation='none',     # 'none' | 'lower_arch_lr' | 'raise_tau'
-        arch_lr_factor=0.5,
-        tau_factor=1.5,
-        on_plateau='none',         # 'none' | 'grow' (with growth.kind, by phases.Grower)
-        on_divergence='none',      # 'none' | 'rollback' (caller) | 'stop'
-        max_param_free=4,          # parameter-free ops allowed in the derived normal cell
-        collapse_remedy='none',    # 'none' | 'cap_skip' (P-DARTS) | 'raise_arch_wd'
-        max_skip=2,
-        arch_wd_factor=3.0,
-    )
-    c.checkpoint = dict(           # asose_jax/run/checkpoint.py; README "Resume and faults"
-        enabled=True,
-        max_to_keep=3,             # latest checkpoints kept (plus the best by val_acc and the pre-growth ones)
-        fresh=False,               # True: move an existing workdir aside (<workdir>.old-<time>) and start over
-        nan_retries=3,             # non-finite metrics: roll the epoch back with the weight lr halved, this often
-    )
-    c.progress = True
-    return c
+        rollback_margin=0.02)     # roll back when val_acc fell by more than this (a fraction)
+
+
+def _monitor_defaults() -> dict:
+    """The stability monitor and collapse guard (asose_jax/search/stability.py)."""
+    return dict(metric='val_acc',          # watched quality; every threshold below is in its units
+                window=4,                  # epochs of the oscillation / divergence windows
+                oscillation_threshold=0.03,  # std of val_acc about its trend over the window (0.03 = 3 points)
+                plateau_patience=5, plateau_threshold=0.005,  # val_acc fraction: 0.005 = half a percentage point
+                degradation_threshold=0.05,  # drop below the best val_acc of the phase
+                divergence_rise=0.1,       # train loss up every epoch of the window, by > 10% in total
+                on_oscillation='none',     # 'none' | 'lower_arch_lr' | 'raise_tau'
+                arch_lr_factor=0.5, tau_factor=1.5,
+                on_plateau='none',         # 'none' | 'grow' (with growth.kind, by phases.Grower)
+                on_divergence='none',      # 'none' | 'rollback' (caller) | 'stop'
+                max_param_free=4,          # parameter-free ops allowed in the derived normal cell
+                collapse_remedy='none',    # 'none' | 'cap_skip' (P-DARTS) | 'raise_arch_wd'
+                max_skip=2, arch_wd_factor=3.0)
 
 
 SMOKE_VARIANTS = ('smoke', 'smoke_growth')
@@ -135,32 +133,20 @@ def smoke_overrides(c: ml_collections.ConfigDict, growth: bool = False) -> None:
     growth recompiles the weight and arch steps); `growth=True` (the `smoke_growth` variant) adds a depth
     growth after search epoch 1 (untimed). Search quality of this recipe: bench/RESULTS.md."""
     if c.data.dataset == 'cifar10':  # the bundled real-image subset
-        c.data.source = 'cifar_dir'
-        c.data.dir = '../shared/data/cifar10-subset'
+        c.data.source, c.data.dir = 'cifar_dir', '../shared/data/cifar10-subset'
     else:  # no bundled subset: the downloaded archive, cut to the subset's size
         c.data.max_train, c.data.max_test = 4068, 1017
-    c.data.eval_batch_size = 512
-    c.data.image_size = 16
-    c.model.C = 4
-    c.model.layers = 3
-    c.search.batch_size = 64
+    c.data.update(dict(eval_batch_size=512, image_size=16))
+    c.model.update(dict(C=4, layers=3))
     # the NB201 smoke search's algorithm (one for both spaces): the soft mixture with beta-decay,
     # evaluated as its mixture; the GDAS single path collapsed the normal cell to parameter-free ops
     c.search.update(dict(warmup_epochs=2, search_epochs=8, sampling='softmax', hard=False, single_path=False,
                          eval_mode='softmax', beta_reg=5.0))
     if growth:
-        c.growth.trigger = 'schedule'
-        c.growth.schedule = '1:depth'
-    c.search.arch_every = 2
-    c.search.tau_max = 5.0
-    c.search.tau_min = 1.0
+        c.growth.update(dict(trigger='schedule', schedule='1:depth'))
+    c.search.update(dict(batch_size=64, arch_every=2, tau_max=5.0, tau_min=1.0))
     c.arch_optim.lr = 3e-3
-    c.optimize.epochs = 6
-    c.optimize.batch_size = 64
-    c.optimize.C = 12
-    c.optimize.layers = 5
-    c.optimize.lr = 0.05
-    c.optimize.cutout = 0
+    c.optimize.update(dict(epochs=6, batch_size=64, C=12, layers=5, lr=0.05, cutout=0))
 
 
 def nb201_config(arg: str | None, dataset: str = 'cifar10') -> ml_collections.ConfigDict:
@@ -193,12 +179,8 @@ def nb201_smoke_overrides(c: ml_collections.ConfigDict) -> None:
     The search is the soft mixture (DARTS, first order) with beta-decay regularisation, an arch lr scaled
     up for a search of ~700 arch steps instead of DARTS' ~20,000, and the supernet evaluated as its mixture.
     Each choice was decided on a seed outside 0-2 (bench/RESULTS.md, "Search quality")."""
-    c.data.source = 'cifar_dir'
-    c.data.dir = '../shared/data/cifar10-subset'
-    c.data.eval_batch_size = 512
-    c.data.image_size = 16
-    c.model.C = 8
-    c.model.cells_per_stage = 2
+    c.data.update(dict(source='cifar_dir', dir='../shared/data/cifar10-subset', eval_batch_size=512, image_size=16))
+    c.model.update(dict(C=8, cells_per_stage=2))
     c.search.update(dict(warmup_epochs=2, search_epochs=20, sampling='softmax', hard=False, single_path=False,
                          eval_mode='softmax', beta_reg=5.0))
     c.arch_optim.lr = 3e-3
@@ -236,9 +218,26 @@ def _check(ok: bool, field: str, value, allowed: str):
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Checks every field the run reads, before any data is loaded or anything compiles."""
-    d, m, s, o = c.data, c.model, c.search, c.optimize
+    """Checks every field the run reads, before any data is loaded or anything compiles; the sections in
+    this order, as the first bad field is the one reported."""
     _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', c.seed, 'an integer >= 0')
+    _validate_data(c.data)
+    _validate_model(c)
+    _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
+           'True (shard the batch over all local devices) or False')
+    _check(isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1, 'sweep.seeds', c.sweep.seeds, 'an integer >= 1')
+    o = c.optimize
+    _check(o.depthwise_impl in DEPTHWISE_IMPLS, 'optimize.depthwise_impl', o.depthwise_impl, str(DEPTHWISE_IMPLS))
+    _validate_search(c.search)
+    _validate_training(c)
+    validate_growth(c)
+    if 'checkpoint' in c:
+        for f, low in (('max_to_keep', 1), ('nan_retries', 0)):
+            k = c.checkpoint[f]
+            _check(isinstance(k, int) and k >= low, f'checkpoint.{f}', k, f'an integer >= {low}')
+
+
+def _validate_data(d: ml_collections.ConfigDict) -> None:
     _check(d.source in SOURCES, 'data.source', d.source, str(SOURCES))
     _check(d.dataset in DATASETS, 'data.dataset', d.dataset, str(tuple(DATASETS)))
     if d.source == 'cifar_dir':
@@ -255,6 +254,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _check(d[f] >= 1, f'data.{f}', d[f], 'an integer >= 1')
     for f in ('max_train', 'max_test'):
         _check(d[f] >= 0, f'data.{f}', d[f], 'an integer >= 0 (0 = all)')
+
+
+def _validate_model(c: ml_collections.ConfigDict) -> None:
+    """Shape, ops and execution form of the supernet; reads growth and monitor: NAS-Bench-201 nets do not grow."""
+    m = c.model
     _check(m.C >= 1 and m.C % 2 == 0, 'model.C', m.C, 'an even integer >= 2 (FactorizedReduce halves it)')
     _check(m.layers >= 1, 'model.layers', m.layers, 'an integer >= 1')
     _check(m.steps >= 1, 'model.steps', m.steps, 'an integer >= 1')
@@ -281,10 +285,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ('remat_branch', 'unroll_edges', 'materialize_edge_grads'):
         _check(m[f] is None or isinstance(m[f], bool), f'model.{f}', m[f], 'None (chosen: asose_jax/search/execution.py), '
                'True or False')
-    _check(isinstance(c.parallel.data_parallel, bool), 'parallel.data_parallel', c.parallel.data_parallel,
-           'True (shard the batch over all local devices) or False')
-    _check(isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1, 'sweep.seeds', c.sweep.seeds, 'an integer >= 1')
-    _check(o.depthwise_impl in DEPTHWISE_IMPLS, 'optimize.depthwise_impl', o.depthwise_impl, str(DEPTHWISE_IMPLS))
+
+
+def _validate_search(s: ml_collections.ConfigDict) -> None:
     _check(s.batch_size >= 1, 'search.batch_size', s.batch_size, 'an integer >= 1')
     for f in ('warmup_epochs', 'search_epochs'):
         _check(s[f] >= 0, f'search.{f}', s[f], 'an integer >= 0')
@@ -298,7 +301,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(s.sampling == 'gumbel' or not s.hard, 'search.hard', s.hard,
            "False unless search.sampling='gumbel' (only a Gumbel sample has a one-hot form)")
     _check(s.beta_reg >= 0, 'search.beta_reg', s.beta_reg, 'a number >= 0 (0 = off)')
-    w, a = c.weight_optim, c.arch_optim
+
+
+def _validate_training(c: ml_collections.ConfigDict) -> None:
+    """The weight and arch optimisers of the search, then the derived network's training (optimize)."""
+    w, a, o = c.weight_optim, c.arch_optim, c.optimize
     _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, 'weight_optim.lr/lr_min', (w.lr, w.lr_min), 'lr > 0, 0 <= lr_min <= lr')
     _check(0 <= w.momentum < 1, 'weight_optim.momentum', w.momentum, '[0, 1)')
     _check(w.weight_decay >= 0 and w.grad_clip > 0, 'weight_optim.weight_decay/grad_clip',
@@ -313,13 +320,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(o.lr > 0 and 0 <= o.lr_min <= o.lr, 'optimize.lr/lr_min', (o.lr, o.lr_min), 'lr > 0, 0 <= lr_min <= lr')
     _check(0 <= o.drop_path < 1, 'optimize.drop_path', o.drop_path, '[0, 1)')
     _check(o.cutout >= 0 and o.aux_weight >= 0, 'optimize.cutout/aux_weight', (o.cutout, o.aux_weight), '>= 0')
-    validate_growth(c)
-    if 'checkpoint' in c:
-        k = c.checkpoint
-        _check(isinstance(k.max_to_keep, int) and k.max_to_keep >= 1, 'checkpoint.max_to_keep', k.max_to_keep,
-               'an integer >= 1')
-        _check(isinstance(k.nan_retries, int) and k.nan_retries >= 0, 'checkpoint.nan_retries', k.nan_retries,
-               'an integer >= 0')
 
 
 def validate_growth(c: ml_collections.ConfigDict) -> None:
@@ -377,8 +377,7 @@ def search_step_config(c: ml_collections.ConfigDict, phase: str, n_batches: int)
     s = c.search
     return SearchStepConfig(
         sampling='uniform' if phase == 'warmup' else s.sampling, hard=s.hard, single_path=s.single_path,
-        beta_reg=s.beta_reg,
-        tau_max=s.tau_max, tau_min=s.tau_min, tau_schedule=s.tau_schedule,
+        beta_reg=s.beta_reg, tau_max=s.tau_max, tau_min=s.tau_min, tau_schedule=s.tau_schedule,
         tau_steps=max(s.search_epochs * n_batches, 1),
         tau_start=s.warmup_epochs * n_batches if phase == 'search' else 0,
         cutout=c.data.cutout, unrolled=s.unrolled, unrolled_lr=c.weight_optim.lr,

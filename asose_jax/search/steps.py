@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -142,6 +144,95 @@ def _counted(fn, traces: dict, name: str):
     return wrapped
 
 
+@dataclasses.dataclass(frozen=True)
+class _SearchModel:
+    """What the search steps apply: the network, the step config and whether a train pass draws dropout /
+    drop-path noise (growth's regularise). Frozen, so the jitted steps close over nothing mutable."""
+    network: nn.Module
+    cfg: SearchStepConfig
+    stochastic: bool
+
+    def apply(self, *args, **kwargs):
+        with pointwise(self.cfg.pointwise_impl):
+            return self.network.apply(*args, **kwargs)
+
+
+def _batch_loss(model: _SearchModel, weights, batch_stats, ew, x, y, drop_key):
+    """Train-mode cross-entropy under edge weights `ew`, computed in cfg.compute_dtype; aux: accuracy and the
+    updated BN statistics."""
+    cfg = model.cfg
+    dtype = jnp.dtype(cfg.compute_dtype)
+    if dtype != jnp.float32:  # BN statistics stay fp32 (batch_stats are not cast)
+        weights, ew, x = cast_floating((weights, ew, x), dtype)
+    logits, upd = model.apply({'params': weights, 'batch_stats': batch_stats}, x, ew, train=True,
+                              single_path=cfg.single_path, mutable=['batch_stats'],
+                              rngs={'dropout': drop_key} if model.stochastic else None)
+    logits = logits.astype(jnp.float32)
+    loss, acc = cross_entropy(logits, y)
+    return loss, (acc, upd['batch_stats'])
+
+
+def _arch_loss(model: _SearchModel, arch, weights, batch_stats, key, step, x, y, tau_scale):
+    """The batch loss as a function of the arch logits, plus the beta-decay penalty."""
+    ew, _ = edge_weights(model.cfg, arch, key, step, tau_scale)
+    loss, aux = _batch_loss(model, weights, batch_stats, ew, x, y, jax.random.fold_in(key, 1))
+    return loss + beta_penalty(model.cfg, arch, step), aux
+
+
+def _unrolled_arch_loss(model: _SearchModel, arch, weights, batch_stats, key, step, train_xy, val_xy, tau_scale):
+    """DARTS' second-order arch loss: the validation loss after one virtual SGD step of the weights on the
+    training batch, differentiable in `arch` through that step."""
+    cfg = model.cfg
+    g = jax.grad(lambda w_: _arch_loss(model, arch, w_, batch_stats, key, step, *train_xy, tau_scale)[0])(weights)
+    w_virtual = jax.tree_util.tree_map(lambda p, gp: p - cfg.unrolled_lr * (gp + cfg.unrolled_wd * p), weights, g)
+    return _arch_loss(model, arch, w_virtual, batch_stats, key, step, *val_xy, tau_scale)
+
+
+def _weight_step(model: _SearchModel, weight_tx, state: TrainState, batch, key):
+    cfg = model.cfg
+    k_aug, k_gumbel = jax.random.split(jax.random.fold_in(key, state.step))
+    x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
+    ew, tau = edge_weights(cfg, jax.lax.stop_gradient(state.params['arch']), k_gumbel, state.step,
+                           state.hparams['tau_scale'])
+    (loss, (acc, bs)), g_w = jax.value_and_grad(functools.partial(_batch_loss, model), has_aux=True)(
+        state.params['weights'], state.batch_stats, ew, x, y, jax.random.fold_in(k_aug, 1))
+    grads = {'weights': g_w, 'arch': jax.tree_util.tree_map(jnp.zeros_like, state.params['arch'])}
+    updates, opt = transform_for(weight_tx, state.hparams).update(grads, state.weight_opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=bs, weight_opt_state=opt)
+    return new, {'loss': loss, 'acc': acc, 'tau': tau, 'grad_norm': optax.tree.norm(g_w)}
+
+
+def _arch_step(model: _SearchModel, arch_tx, state: TrainState, batch, key):
+    cfg = model.cfg
+    k_aug, k_gumbel, k_aug2 = jax.random.split(jax.random.fold_in(key, state.step), 3)
+    x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
+    w, bs, arch = state.params['weights'], state.batch_stats, state.params['arch']
+    tau_scale = state.hparams['tau_scale']
+    if cfg.unrolled:
+        xy_train = augment(k_aug2, batch['train_image'], cfg.cutout), batch['train_label']
+        (loss, (acc, new_bs)), g_a = jax.value_and_grad(functools.partial(_unrolled_arch_loss, model), has_aux=True)(
+            arch, w, bs, k_gumbel, state.step, xy_train, (x, y), tau_scale)
+    else:
+        (loss, (acc, new_bs)), g_a = jax.value_and_grad(functools.partial(_arch_loss, model), has_aux=True)(
+            arch, w, bs, k_gumbel, state.step, x, y, tau_scale)
+    grads = {'weights': jax.tree_util.tree_map(jnp.zeros_like, w), 'arch': g_a}
+    updates, opt = transform_for(arch_tx, state.hparams).update(grads, state.arch_opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(params=params, batch_stats=new_bs, arch_opt_state=opt)
+    return new, {'arch_loss': loss, 'arch_acc': acc, 'arch_grad_norm': optax.tree.norm(g_a)}
+
+
+def _eval_metrics(model: _SearchModel, state: TrainState, batch):
+    cfg = model.cfg
+    ew = eval_edge_weights(cfg, state.params['arch'])
+    logits = model.apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},
+                         normalize(batch['image']), ew, train=False, single_path=cfg.eval_mode == 'argmax')
+    loss, acc = cross_entropy(logits, batch['label'], batch.get('mask'))
+    return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits),
+            'logits': logits}
+
+
 def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx, arch_tx) -> Steps:
     """Builds the jitted weight/arch/eval steps of the search network for one phase. Each transform is a
     GradientTransformation or a function of `state.hparams` returning one (transform_for); the
@@ -152,78 +243,12 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx, arch_
         raise ValueError(f'pointwise_impl {cfg.pointwise_impl!r}; allowed: {POINTWISE_IMPLS}')
     network = search_network(spec, cfg.depthwise_impl, remat=cfg.remat, remat_branch=cfg.remat_branch,
                              unroll_edges=cfg.unroll_edges, materialize_edge_grads=cfg.materialize_edge_grads)
-
-    def apply(*args, **kwargs):
-        with pointwise(cfg.pointwise_impl):
-            return network.apply(*args, **kwargs)
-
-    single_path_eval = cfg.eval_mode == 'argmax'
-    stochastic = spec.dropout > 0 or spec.drop_path > 0  # growth's regularise turns these on
-    dtype = jnp.dtype(cfg.compute_dtype)
-
-    def batch_loss(weights, batch_stats, ew, x, y, drop_key):
-        if dtype != jnp.float32:  # BN statistics stay fp32 (batch_stats are not cast)
-            weights, ew, x = cast_floating((weights, ew, x), dtype)
-        logits, upd = apply({'params': weights, 'batch_stats': batch_stats}, x, ew, train=True,
-                            single_path=cfg.single_path, mutable=['batch_stats'],
-                            rngs={'dropout': drop_key} if stochastic else None)
-        logits = logits.astype(jnp.float32)
-        loss, acc = cross_entropy(logits, y)
-        return loss, (acc, upd['batch_stats'])
-
-    def weight_step(state: TrainState, batch, key):
-        k_aug, k_gumbel = jax.random.split(jax.random.fold_in(key, state.step))
-        x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
-        ew, tau = edge_weights(cfg, jax.lax.stop_gradient(state.params['arch']), k_gumbel, state.step,
-                               state.hparams['tau_scale'])
-        (loss, (acc, bs)), g_w = jax.value_and_grad(batch_loss, has_aux=True)(
-            state.params['weights'], state.batch_stats, ew, x, y, jax.random.fold_in(k_aug, 1))
-        grads = {'weights': g_w, 'arch': jax.tree_util.tree_map(jnp.zeros_like, state.params['arch'])}
-        updates, opt = transform_for(weight_tx, state.hparams).update(grads, state.weight_opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new = state.replace(step=state.step + 1, params=params, batch_stats=bs, weight_opt_state=opt)
-        return new, {'loss': loss, 'acc': acc, 'tau': tau, 'grad_norm': optax.tree.norm(g_w)}
-
-    def arch_loss(arch, weights, batch_stats, key, step, x, y, tau_scale):
-        ew, _ = edge_weights(cfg, arch, key, step, tau_scale)
-        loss, aux = batch_loss(weights, batch_stats, ew, x, y, jax.random.fold_in(key, 1))
-        return loss + beta_penalty(cfg, arch, step), aux
-
-    def arch_step(state: TrainState, batch, key):
-        k_aug, k_gumbel, k_aug2 = jax.random.split(jax.random.fold_in(key, state.step), 3)
-        x, y = augment(k_aug, batch['image'], cfg.cutout), batch['label']
-        w, bs, arch = state.params['weights'], state.batch_stats, state.params['arch']
-        tau_scale = state.hparams['tau_scale']
-        if cfg.unrolled:
-            xt, yt = augment(k_aug2, batch['train_image'], cfg.cutout), batch['train_label']
-
-            def unrolled(a):
-                g = jax.grad(lambda w_: arch_loss(a, w_, bs, k_gumbel, state.step, xt, yt, tau_scale)[0])(w)
-                w_virtual = jax.tree_util.tree_map(
-                    lambda p, gp: p - cfg.unrolled_lr * (gp + cfg.unrolled_wd * p), w, g)
-                return arch_loss(a, w_virtual, bs, k_gumbel, state.step, x, y, tau_scale)
-
-            (loss, (acc, new_bs)), g_a = jax.value_and_grad(unrolled, has_aux=True)(arch)
-        else:
-            (loss, (acc, new_bs)), g_a = jax.value_and_grad(arch_loss, has_aux=True)(
-                arch, w, bs, k_gumbel, state.step, x, y, tau_scale)
-        grads = {'weights': jax.tree_util.tree_map(jnp.zeros_like, w), 'arch': g_a}
-        updates, opt = transform_for(arch_tx, state.hparams).update(grads, state.arch_opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new = state.replace(params=params, batch_stats=new_bs, arch_opt_state=opt)
-        return new, {'arch_loss': loss, 'arch_acc': acc, 'arch_grad_norm': optax.tree.norm(g_a)}
-
-    def eval_metrics(state: TrainState, batch):
-        ew = eval_edge_weights(cfg, state.params['arch'])
-        logits = apply({'params': state.params['weights'], 'batch_stats': state.batch_stats},
-                       normalize(batch['image']), ew, train=False, single_path=single_path_eval)
-        loss, acc = cross_entropy(logits, batch['label'], batch.get('mask'))
-        return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits),
-                'logits': logits}
-
+    model = _SearchModel(network, cfg, stochastic=spec.dropout > 0 or spec.drop_path > 0)
     traces: dict = {}
-    jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))
+    jit_eval = jax.jit(_counted(functools.partial(_eval_metrics, model), traces, 'eval_step'))
     run_eval = rarely_run(jit_eval)  # a few calls per epoch: an unoptimised compile pays off
+    weight_step = functools.partial(_weight_step, model, weight_tx)
+    arch_step = functools.partial(_arch_step, model, arch_tx)
     return Steps(
         weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
         arch_step=jax.jit(_counted(arch_step, traces, 'arch_step'), donate_argnums=0) if arch_tx else None,
