@@ -116,7 +116,7 @@ def _monitor_defaults() -> dict:
                 divergence_rise=0.1,       # train loss up every epoch of the window, by > 10% in total
                 on_oscillation='none',     # 'none' | 'lower_arch_lr' | 'raise_tau'
                 arch_lr_factor=0.5, tau_factor=1.5,
-                on_plateau='none',         # 'none' | 'grow' (with growth.kind, by phases.Grower)
+                on_plateau='none',         # 'none' | 'grow' (with growth.kind, by run.grower.Grower)
                 on_divergence='none',      # 'none' | 'rollback' (caller) | 'stop'
                 max_param_free=4,          # parameter-free ops allowed in the derived normal cell
                 collapse_remedy='none',    # 'none' | 'cap_skip' (P-DARTS) | 'raise_arch_wd'

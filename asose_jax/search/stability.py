@@ -2,7 +2,7 @@
 
 `assess(history, cfg)` looks at the epoch records of the latest phase and reports conditions
 (oscillation, plateau, degradation, divergence), a health score in [0, 1], and the actions the
-config asks for. It never acts itself: phases.search_phase applies the actions local to a phase
+config asks for. It never acts itself: run.search_phase applies the actions local to a phase
 (lower the arch lr, raise tau) and hands the others (grow, rollback, stop) to its caller.
 Earlier actions are read back from the history's `"event": "monitor_action"` lines, so an action
 is not repeated while its evidence is still inside the window (cooldown) and the function stays pure.

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 
 # Runtime hyper-parameters, multipliers of the config's values, read by the steps as traced scalars: a
-# monitor action or a NaN rollback changes them without compiling anything (phases.set_hparams).
+# monitor action or a NaN rollback changes them without compiling anything (run.loop.set_hparams).
 HPARAMS = ('lr_scale', 'arch_lr_scale', 'arch_wd_scale', 'tau_scale')
 
 
