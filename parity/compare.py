@@ -11,8 +11,8 @@ iterations, then 3e-4 after one weight step). Exact ties are not the cause: XLA'
 
 Both sides start from the converted initial JAX state, see the same already-augmented float batches
 (augmented once on the JAX side with asose_jax.data.augment) and the same JAX-drawn Gumbel noise. The
-JAX side is network.search_network(spec).apply + gumbel.sample_tree + the optax transforms of asose_jax.optim, in
-the order of asose_jax.steps (one weight step, then one arch step, per iteration); the torch side is
+JAX side is network.search_network(spec).apply + gumbel.sample_tree + the optax transforms of asose_jax.search.optim, in
+the order of asose_jax.search.steps (one weight step, then one arch step, per iteration); the torch side is
 torch_network.torch_search_network(spec), the twin of the spec's space. Edge weights are always Gumbel
 samples (hard or soft per config.search.hard): the config's `sampling`, `beta_reg` and tau schedule are not
 modelled.
@@ -190,7 +190,7 @@ def make_jax_update_fns(weight: WeightOptConfig, arch: ArchOptConfig, total_step
     dispatches every op of every leaf and costs more than compiling it.
 
     weight_update(params, opt, g_weights) / arch_update(params, opt, g_arch) -> (params, opt), the
-    other group's gradient zero as in asose_jax.steps.
+    other group's gradient zero as in asose_jax.search.steps.
     """
     wtx, atx = weight_transform(weight, total_steps), arch_transform(arch)
 

@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 search network in PyTorch (NCHW): asose_jax.nb201_network.NB201Network's twin.
+"""The NAS-Bench-201 search network in PyTorch (NCHW): asose_jax.space.nb201_network.NB201Network's twin.
 
 Modules are named after the Flax paths: `stem_conv`, `stem_bn`, the ResNet blocks `cell{i}` (conv_a,
 conv_b, downsample), `lastact_bn`, `classifier`. A Flax stage `cells{first}_{last}` is one nn.scan whose

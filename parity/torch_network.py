@@ -1,4 +1,4 @@
-"""The search network in PyTorch (NCHW): asose_jax.network.SearchNetwork's twin, and `torch_search_network`,
+"""The search network in PyTorch (NCHW): asose_jax.space.network.SearchNetwork's twin, and `torch_search_network`,
 the one factory that picks the twin of a spec's space (NAS-Bench-201: parity/torch_nb201.py).
 
 It takes the edge weights as input and never samples noise. Modules are named after the Flax
@@ -166,7 +166,7 @@ class TorchSearchNetwork(ArchParams, nn.Module):
 
 
 def torch_search_network(spec: NetworkSpec, running_var: str = 'biased') -> nn.Module:
-    """The torch twin of `asose_jax.network.search_network(spec)`, by `spec.space`; callers never pick one."""
+    """The torch twin of `asose_jax.space.network.search_network(spec)`, by `spec.space`; callers never pick one."""
     if spec.space == 'nb201':
         from parity.torch_nb201 import TorchNB201Network  # noqa: PLC0415 (it imports MixedOp from here)
         return TorchNB201Network(spec, running_var)

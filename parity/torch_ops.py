@@ -133,7 +133,7 @@ class Pool(nn.Module):
 
 
 def make_op(primitive: str, C: int, stride: int, affine: bool, *, search: bool = False) -> nn.Module:
-    """Builds one DARTS or NAS-Bench-201 primitive on C channels (asose_jax.ops.make_op's twin). `search=True`
+    """Builds one DARTS or NAS-Bench-201 primitive on C channels (asose_jax.space.ops.make_op's twin). `search=True`
     adds DARTS' BN after the pools (NAS-Bench-201 cells pass False)."""
     if primitive == 'nor_conv_1x1':
         return ReLUConvBN(C, C, 1, stride, 0, affine)
