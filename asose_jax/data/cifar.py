@@ -142,13 +142,14 @@ class DeviceSplit:
     def num_batches(self, batch_size: int) -> int:
         return len(self) // batch_size
 
-    def epoch_batches(self, key, batch_size: int):
-        """Shuffled full batches (the remainder is dropped so shapes stay static)."""
+    def epoch_batches(self, key, batch_size: int, start: int = 0):
+        """Shuffled full batches (the remainder is dropped so shapes stay static), from batch `start` of
+        the pass on (a resumed position gathers no batch it skips)."""
         n = self.num_batches(batch_size)
         if n == 0:
             raise DataError(f'a split of {len(self)} images gives no batch of {batch_size}')
         order = jax.random.permutation(key, len(self))[: n * batch_size].reshape(n, batch_size)
-        for idx in order:
+        for idx in order[start:]:
             yield {'image': self.images[idx], 'label': self.labels[idx]}
 
     def eval_batches(self, batch_size: int):

@@ -5,7 +5,6 @@ between them is data (a PhasePlan: which split, which keys, arch steps or none) 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
 from typing import Any, Callable, Iterator, Protocol
@@ -77,6 +76,7 @@ class PhaseRun:
 class PhaseKind(Protocol):
     """The per-phase behaviour run_phase calls; the search's and the retrain's implement it."""
 
+    def hparams(self, state: TrainState, knobs: dict) -> TrainState: ...  # the knobs into the state
     def record_fields(self, run: PhaseRun) -> dict: ...          # extra fields of the epoch's record
     def end_epoch(self, run: PhaseRun, record: dict) -> bool: ...  # write it, act on it; True: stop
     def meta(self, run: PhaseRun) -> dict: ...                   # extra checkpoint meta
@@ -109,7 +109,7 @@ def cycle(split: DeviceSplit, key, batch_size: int, start: int = 0) -> Iterator[
     n = split.num_batches(batch_size)
     epoch, skip = divmod(start, n)
     while True:
-        yield from itertools.islice(split.epoch_batches(jax.random.fold_in(key, epoch), batch_size), skip, None)
+        yield from split.epoch_batches(jax.random.fold_in(key, epoch), batch_size, skip)
         epoch, skip = epoch + 1, 0
 
 
@@ -120,7 +120,7 @@ def run_epoch(ctx: RunContext, plan: PhasePlan, run: PhaseRun):
     after the current step, when a stop signal arrived: then the metrics are the raw per-step lists."""
     n, skip, every = plan.n_batches, run.batch, plan.arch_every
     data_key = jax.random.fold_in(plan.data_key, int(run.state.step) - skip)  # the epoch start's step
-    batches = itertools.islice(plan.split.epoch_batches(data_key, plan.batch_size), skip, None)
+    batches = plan.split.epoch_batches(data_key, plan.batch_size, skip)
     arch = (cycle(plan.arch_split, plan.arch_data_key, plan.batch_size, run.epoch * (n // every) + skip // every)
             if every else None)
     sums: dict = {k: [jnp.float32(x) for x in v] for k, v in (run.partial or {}).items()} if skip else {}
@@ -205,8 +205,7 @@ def save(ctx: RunContext, plan: PhasePlan, kind: PhaseKind, run: PhaseRun, val_a
                                   'config': json.loads(ctx.config.to_json_best_effort()), **kind.meta(run)}, val_acc)
 
 
-def run_phase(ctx: RunContext, plan: PhasePlan, kind: PhaseKind, run: PhaseRun,
-              arch_weight_decay: float = 0.0) -> PhaseRun:
+def run_phase(ctx: RunContext, plan: PhasePlan, kind: PhaseKind, run: PhaseRun) -> PhaseRun:
     """Epochs run.epoch..plan.epochs-1: train, evaluate, check for non-finite values (NanGuard: the
     epoch is retried from its start), hand the record to `kind`, save a checkpoint. A stop signal
     saves the position inside the epoch and raises Interrupted; kind.end_epoch returning True ends
@@ -225,7 +224,7 @@ def run_phase(ctx: RunContext, plan: PhasePlan, kind: PhaseKind, run: PhaseRun,
                   **evaluate(run.steps, run.state, ctx.eval_split, ctx.config.data.eval_batch_size, ctx.progress)}
         retry = guard.check(run.epoch, record, run.knobs)
         if retry is not None:
-            run.state = parallel.maybe_replicate(ctx.config, set_hparams(retry, run.knobs, arch_weight_decay))
+            run.state = parallel.maybe_replicate(ctx.config, kind.hparams(retry, run.knobs))
             continue
         stop = kind.end_epoch(run, record)
         run.epoch = plan.epochs if stop else run.epoch + 1

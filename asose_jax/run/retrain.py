@@ -130,6 +130,9 @@ class RetrainKind:
         self.genotype, self.spec, self.n_params, self.epochs, self.writer = genotype, spec, n_params, epochs, writer
         self.record = record
 
+    def hparams(self, state: TrainState, knobs: dict) -> TrainState:
+        return set_hparams(state, knobs, 0.0)  # only the lr scale: the retrain has no arch logits
+
     def record_fields(self, run: PhaseRun) -> dict:
         return {'params': self.n_params}
 

@@ -177,5 +177,5 @@ def search_phase(ctx: RunContext, phase: str, spec: NetworkSpec, state: TrainSta
                      arch_step_key=ctx.keys['arch'])
     run = PhaseRun(spec, state, steps, knobs, epoch=resume.get('epoch', 0), batch=resume.get('batch', 0),
                    partial=resume.get('partial'))
-    run = run_phase(ctx, plan, kind, run, kind.acfg.weight_decay)
+    run = run_phase(ctx, plan, kind, run)
     return run.spec, run.state
