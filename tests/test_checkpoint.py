@@ -231,6 +231,7 @@ def test_resumed_grown_run_compiles_nothing_new(tmp_path, monkeypatch):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # the tiny programs are cached too
     try:
         c = ckpt_tiny_config.get_config()
+        jax.clear_caches()  # programs compiled earlier in this process (not persisted then) compile again
         run(c, str(tmp_path / 'full'))  # fills the cache with every program of the run (grown ones included)
 
         def stop_after(phase, state):  # what the SIGTERM handler does, in-process: stop after this step
@@ -244,6 +245,7 @@ def test_resumed_grown_run_compiles_nothing_new(tmp_path, monkeypatch):
         _, meta, _ = restore_raw(tmp_path / 'stopped')
         assert (meta['phase'], meta['epoch'], len(meta['spec']['cells'])) == ('search', 1, 3), meta  # after the growth
         loop.STOP['signal'] = None
+        jax.clear_caches()  # the resume must find its programs in the persistent cache, not in memory
         events.clear()
         run(c, str(tmp_path / 'stopped'))
     finally:
