@@ -2,9 +2,14 @@
 
 In-process: `loop.STEP_CALLBACKS.append(nan_at('search', 5))` (monkeypatch it). In a subprocess:
 `python tests/fault_injection.py kill=warmup:1 --config ... --workdir ...` installs the fault, then runs
-the train CLI with the remaining arguments.
+the train CLI with the remaining arguments. `compiles=PATH` there also persists every program, however
+quick its compile, and appends one JSON line per persistent-cache lookup to PATH ({"module", "hit"}),
+written as it happens so that a killed run keeps its record.
 """
+import json
+import logging
 import os
+import re
 import signal
 import sys
 
@@ -51,13 +56,46 @@ def parse(fault: str):
     return signal_at(phase, int(step), {'kill': signal.SIGKILL, 'term': signal.SIGTERM}[kind])
 
 
+class CacheLookups(logging.Handler):
+    """Appends {"module": name, "hit": bool} to `path` for each persistent-cache lookup jax logs."""
+
+    PATTERN = re.compile(r"^(Persistent compilation cache hit|PERSISTENT COMPILATION CACHE MISS) for '([^']+)'")
+
+    def __init__(self, path: str):
+        super().__init__(logging.DEBUG)
+        self.path = path
+
+    def emit(self, record):
+        match = self.PATTERN.match(record.getMessage())
+        if match:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps({'module': match.group(2), 'hit': match.group(1).startswith('Persistent')}) + '\n')
+
+
+def record_cache_lookups(path: str, train_module) -> None:
+    """Logs every lookup to `path` and lowers the entry point's minimum compile time to persist to 0."""
+    compiler_log = logging.getLogger('jax._src.compiler')
+    compiler_log.setLevel(logging.DEBUG)
+    compiler_log.addHandler(CacheLookups(path))
+    enable = train_module.enable_compilation_cache
+
+    def enable_all(*args, **kwargs):
+        enable(*args, **kwargs)
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    train_module.enable_compilation_cache = enable_all
+
+
 if __name__ == '__main__':
     sys.path.insert(0, ROOT)
     from absl import app
 
     from asose_jax.run import loop
     from asose_jax import train
-    faults = [a for a in sys.argv[1:] if '=' in a and not a.startswith('-')]
-    loop.STEP_CALLBACKS.extend(parse(f) for f in faults)
-    sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a not in faults]
+    options = [a for a in sys.argv[1:] if '=' in a and not a.startswith('-')]
+    for option in options:
+        if option.startswith('compiles='):
+            record_cache_lookups(option.partition('=')[2], train)
+        else:
+            loop.STEP_CALLBACKS.append(parse(option))
+    sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a not in options]
     app.run(train.main)

@@ -39,19 +39,34 @@ def reference(tmp_path_factory):
     return workdir
 
 
-def train_cmd(workdir, fault=None):
-    """The train CLI in a subprocess, with `fault` ('kill=PHASE:STEP', ...) installed by tests/fault_injection.py."""
-    env = {**os.environ, 'ASOSE_JAX_CACHE': jax.config.jax_compilation_cache_dir,
+def train_cmd(workdir, fault=None, compiles=None):
+    """The train CLI in a subprocess, with `fault` ('kill=PHASE:STEP', ...) installed by tests/fault_injection.py;
+    with `compiles` (a path), every program is persisted to a cache of the workdir's own (so that only these
+    runs write it) and each cache lookup is recorded there."""
+    cache = str(workdir.parent / 'jax_cache') if compiles else jax.config.jax_compilation_cache_dir
+    env = {**os.environ, 'ASOSE_JAX_CACHE': cache,
            'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'PYTHONPATH': ROOT}
-    launcher = [os.path.join(ROOT, 'tests', 'fault_injection.py'), fault] if fault else ['-m', 'asose_jax.train']
+    options = [o for o in (fault, compiles and f'compiles={compiles}') if o]
+    launcher = [os.path.join(ROOT, 'tests', 'fault_injection.py'), *options] if options else ['-m', 'asose_jax.train']
     return subprocess.run([sys.executable, *launcher, '--config', CONFIG, '--workdir', str(workdir)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def step_lookups(path) -> dict[str, list[bool]]:
+    """Persistent-cache hits (True) and misses (False) of the search steps, from a `compiles` record."""
+    out: dict[str, list[bool]] = {}
+    for r in map(json.loads, open(path)):
+        if r['module'] in ('jit_search_weight_step', 'jit_search_arch_step'):
+            out.setdefault(r['module'], []).append(r['hit'])
+    return out
+
+
 def test_killed_in_every_phase_resumes_bitwise(reference, tmp_path):
+    """...and the runs that resume the grown network load its steps from the persistent cache: the run that
+    grew compiled and persisted them, and nothing of them is compiled again."""
     workdir = tmp_path / 'killed'
-    for at in FAULTS:
-        r = train_cmd(workdir, at)
+    for i, at in enumerate(FAULTS):
+        r = train_cmd(workdir, at, compiles=tmp_path / f'compiles{i}.jsonl')
         if at.startswith('kill='):
             assert r.returncode == -signal.SIGKILL, (at, r.returncode, r.stderr[-3000:])
             continue
@@ -60,6 +75,10 @@ def test_killed_in_every_phase_resumes_bitwise(reference, tmp_path):
         assert 'Resume with the same command' in r.stderr, r.stderr[-3000:]
         _, meta, _ = restore_raw(workdir)
         assert (meta['phase'], meta['epoch'], meta['batch']) == ('search', 1, 1), meta
+    resumed = [step_lookups(tmp_path / f'compiles{i}.jsonl') for i in (3, 4)]  # resume inside search epoch 1
+    assert all(lookups['jit_search_weight_step'] for lookups in resumed), resumed
+    assert resumed[1].get('jit_search_arch_step'), resumed  # kill=search:6 stops before an arch step
+    assert all(hit for lookups in resumed for hits in lookups.values() for hit in hits), resumed
     r = train_cmd(workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'resuming from checkpoint' in r.stdout

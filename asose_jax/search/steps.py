@@ -137,11 +137,14 @@ def transform_for(tx, hparams: dict) -> optax.GradientTransformation:
     return tx if isinstance(tx, optax.GradientTransformation) else tx(hparams)
 
 
-def _counted(fn, traces: dict, name: str):
-    def wrapped(*args):
+def _counted(fn, traces: dict, name: str, network: str):
+    """`fn` counting its traces in `traces[name]`; named `<network>_<name>`, so that its program is
+    `jit_search_weight_step` etc. in XLA dumps, profiles and the compilation cache's log."""
+    def counted(*args):
         traces[name] = traces.get(name, 0) + 1
         return fn(*args)
-    return wrapped
+    counted.__name__ = counted.__qualname__ = f'{network}_{name}'
+    return counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,13 +248,13 @@ def make_search_steps(spec: NetworkSpec, cfg: SearchStepConfig, weight_tx, arch_
                              unroll_edges=cfg.unroll_edges, materialize_edge_grads=cfg.materialize_edge_grads)
     model = _SearchModel(network, cfg, stochastic=spec.dropout > 0 or spec.drop_path > 0)
     traces: dict = {}
-    jit_eval = jax.jit(_counted(functools.partial(_eval_metrics, model), traces, 'eval_step'))
+    jit_eval = jax.jit(_counted(functools.partial(_eval_metrics, model), traces, 'eval_step', 'search'))
     run_eval = rarely_run(jit_eval)  # a few calls per epoch: an unoptimised compile pays off
     weight_step = functools.partial(_weight_step, model, weight_tx)
     arch_step = functools.partial(_arch_step, model, arch_tx)
     return Steps(
-        weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
-        arch_step=jax.jit(_counted(arch_step, traces, 'arch_step'), donate_argnums=0) if arch_tx else None,
+        weight_step=jax.jit(_counted(weight_step, traces, 'weight_step', 'search'), donate_argnums=0),
+        arch_step=jax.jit(_counted(arch_step, traces, 'arch_step', 'search'), donate_argnums=0) if arch_tx else None,
         eval_step=lambda state, batch, key=None: (state, run_eval(state, batch)),
         traces=traces, eval_jit=jit_eval)
 
@@ -285,8 +288,8 @@ def make_fixed_steps(model: FixedNetwork, weight_tx, cutout: int, aux_weight: fl
         return {'loss': loss, 'acc': acc, 'count': jnp.sum(batch['mask']) if 'mask' in batch else len(logits)}
 
     traces: dict = {}
-    jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step'))
+    jit_eval = jax.jit(_counted(eval_metrics, traces, 'eval_step', 'fixed'))
     run_eval = rarely_run(jit_eval)  # a few calls per epoch: an unoptimised compile pays off
-    return Steps(weight_step=jax.jit(_counted(weight_step, traces, 'weight_step'), donate_argnums=0),
+    return Steps(weight_step=jax.jit(_counted(weight_step, traces, 'weight_step', 'fixed'), donate_argnums=0),
                  arch_step=None, eval_step=lambda state, batch, key=None: (state, run_eval(state, batch)),
                  traces=traces, eval_jit=jit_eval)
