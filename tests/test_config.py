@@ -17,13 +17,16 @@ def _load(name, arg=None):
     return mod.get_config(arg)
 
 
-@pytest.mark.parametrize('name, arg', [('cifar10', None), ('cifar10', 'smoke'), ('cifar10', 'smoke_growth'),
-                                       ('cifar100', None), ('cifar100', 'smoke')])
-def test_configs_validate(name, arg):
+@pytest.mark.parametrize('name, arg', [('cifar10', None), ('cifar10', 'smoke'), ('cifar100', None),
+                                       ('cifar100', 'smoke'), ('nb201', None), ('nb201', 'smoke')])
+def test_configs_validate_and_grow_on_plateau(name, arg):
+    """Every search config runs the four ASO-SE phases: warmup, search growing on a plateau, optimize."""
     c = _load(name, arg)
     validate(c)
     assert network_spec(c).num_classes == (100 if name == 'cifar100' else 10)
-    assert (c.growth.trigger == 'schedule') == (arg == 'smoke_growth')
+    assert c.monitor.on_plateau == 'grow' and c.growth.max_growths >= 1, (c.monitor, c.growth)
+    assert c.search.search_epochs > c.monitor.plateau_patience + 1  # a plateau can be seen and grown out of
+    assert c.optimize.epochs > 0 and (c.search.warmup_epochs > 0 or name == 'nb201' and arg is None)
 
 
 def test_defaults_follow_darts():

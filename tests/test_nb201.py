@@ -122,8 +122,10 @@ def test_nb201_config_rules():
     c = nb201_config('smoke')
     c.growth.trigger = 'schedule'
     c.growth.schedule = '0:depth'
-    with pytest.raises(ConfigError, match='growth'):
+    with pytest.raises(ConfigError, match=r"growth.schedule='0:depth'.*model.space='nb201' network can grow"):
         validate(c)
+    c.growth.schedule = '0:width'
+    validate(c)
 
 
 def _tiny_nb201(workdir=None):

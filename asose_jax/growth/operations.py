@@ -17,12 +17,14 @@ from flax import traverse_util
 
 from asose_jax.growth.surgery import (ChannelMap, Grown, Path, Transfer, carry_opt_state, cell_index, flat_fresh,
                                       flatten, rebuild, rep, rep_in)
+from asose_jax.growth.nb201_width import widen_nb201
 from asose_jax.space.genotype import PRIMITIVES
 from asose_jax.space.network import SqueezeExcite, count_params, init_cell_variables
 from asose_jax.space.ops import make_op
 from asose_jax.space.spec import CellSpec, NetworkSpec
 
 KINDS = ('depth', 'width', 'branch', 'attention', 'regularise', 'prune')
+SPACE_KINDS = {'darts': KINDS, 'nb201': ('width', 'regularise', 'prune')}  # what each space's networks can grow
 
 
 class GrowthSkipped(Exception):
@@ -81,6 +83,9 @@ def widen(spec: NetworkSpec, variables: dict, opt_states: tuple, key, *, txs: tu
         stage = min(stages, key=lambda s: (max(c.C for c, l in zip(spec.cells, levels) if l == s) / 2 ** s, s))
     if stage not in stages:
         raise GrowthSkipped(f'widen: no stage {stage}; stages are {stages}')
+    if spec.space == 'nb201':
+        C = next(c.C for c, level in zip(spec.cells, levels) if level == stage)
+        return widen_nb201(spec, variables, opt_states, txs=txs, stage=stage, C_new=widened_C(C, factor), factor=factor)
     cell_maps, cells = _widened_cells(spec, stage, factor)
     new_spec = dataclasses.replace(spec, cells=tuple(cells))
     w = _channel_flow(spec, cell_maps)
@@ -319,4 +324,6 @@ def grow(kind: str, spec: NetworkSpec, variables: dict, opt_states: tuple, key, 
     """Dispatches to the operation `kind` (one of KINDS) with its options."""
     if kind not in OPERATIONS:
         raise ValueError(f'growth kind {kind!r}; allowed: {list(KINDS)}')
+    if kind not in SPACE_KINDS[spec.space]:
+        raise GrowthSkipped(f'{kind}: a {spec.space} network grows only by {list(SPACE_KINDS[spec.space])}')
     return OPERATIONS[kind](spec, variables, opt_states, key, txs=txs, **options)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from asose_jax.growth.operations import KINDS
+from asose_jax.growth.operations import KINDS, SPACE_KINDS
 from asose_jax.search import stability
 from asose_jax.space.spec import NetworkSpec
 
@@ -31,7 +31,8 @@ def candidates(kind: str, spec: NetworkSpec, history: list[dict], done: list[str
     """Kinds to try in order (the caller skips those that hit a cap). `kind` other than 'auto' is
     tried alone. 'auto': regularise first if train accuracy exceeds val accuracy by more than
     OVERFIT_GAP and the network is not regularised yet; then depth and width, whichever was
-    applied fewer times (depth on ties); then a missing candidate op; then attention."""
+    applied fewer times (depth on ties); then a missing candidate op; then attention; of these, the kinds
+    the spec's space can grow (SPACE_KINDS: a NAS-Bench-201 network only widens)."""
     if kind != 'auto':
         return [kind]
     order = []
@@ -39,7 +40,7 @@ def candidates(kind: str, spec: NetworkSpec, history: list[dict], done: list[str
     if last.get('acc', 0.0) - last.get('val_acc', 0.0) > OVERFIT_GAP and spec.dropout == 0 and spec.drop_path == 0:
         order.append('regularise')
     order += sorted(('depth', 'width'), key=lambda k: (done.count(k), k != 'depth'))
-    return order + ['branch', 'attention']
+    return [k for k in order + ['branch', 'attention'] if k in SPACE_KINDS[spec.space]]
 
 
 def decide(growth_cfg, search_epoch: int, val_accs_since_growth: list[float], n_growths: int) -> str | None:

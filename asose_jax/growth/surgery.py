@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from asose_jax.space.network import CELL_TYPES, SearchNetwork, count_params, uniform_edge_weights
+from asose_jax.space.network import count_params, search_network, uniform_edge_weights
 from asose_jax.space.spec import NetworkSpec
 
 Path = tuple[str, ...]
@@ -61,11 +61,11 @@ def _variables_flat(variables: dict) -> dict:
 
 def _structure(spec: NetworkSpec) -> dict:
     """Shapes and dtypes of a network's variables (traced with eval_shape: nothing is compiled)."""
-    model = SearchNetwork(spec)
+    model = search_network(spec)
     n_red = sum(c.reduction for c in spec.cells)
     x = jax.ShapeDtypeStruct((1, 2 ** (n_red + 3), 2 ** (n_red + 3), 3), jnp.float32)
     v = jax.eval_shape(lambda k, x: model.init(k, x, uniform_edge_weights(spec), train=False), jax.random.key(0), x)
-    arch = {t: jax.ShapeDtypeStruct((spec.num_edges, spec.num_ops), jnp.float32) for t in CELL_TYPES}
+    arch = {t: jax.ShapeDtypeStruct((spec.num_edges, spec.num_ops), jnp.float32) for t in spec.cell_types}
     return {'params': {'weights': v['params'], 'arch': arch}, 'batch_stats': v.get('batch_stats', {})}
 
 

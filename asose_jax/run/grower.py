@@ -76,6 +76,11 @@ class Grower:
         self.ctx.writer.event(event, phase=self.phase, epoch=epoch, step=int(state.step), **fields)
         print(f'[{self.phase} {epoch + 1}] {event}: ' + ', '.join(f'{k}={v}' for k, v in fields.items()), flush=True)
 
+    def accepts(self, request: str) -> bool:
+        """Whether a monitor request can act now: 'grow' below growth.max_growths, 'rollback' with a
+        pre-growth snapshot held."""
+        return len(self.done) < self.cfg.max_growths if request == 'grow' else self.snapshot is not None
+
     def after_epoch(self, epoch: int, record: dict, spec: NetworkSpec, state: TrainState, steps: Steps,
                     requests: list[str] = ()):
         """requests: monitor actions for the growth phase ('grow', 'rollback') from this epoch."""
@@ -121,7 +126,7 @@ class Grower:
         return dataclasses.replace(steps, **compiled), seconds
 
     def _try(self, kind: str, epoch: int, spec: NetworkSpec, state: TrainState, steps: Steps):
-        c = self.ctx.config
+        c, t_start = self.ctx.config, time.time()
         snapshot_state = jax.tree_util.tree_map(jnp.copy, state)
         variables = {'params': state.params, 'batch_stats': state.batch_stats}
         try:
@@ -149,7 +154,8 @@ class Grower:
         change = float(jnp.max(jnp.abs(before['logits'] - after['logits'])))
         fields = {**grown.event, 'max_logit_change': change,
                   'compile_s': round(sum(compile_s.values()), 2) if compile_s else None, 'compile_steps_s': compile_s,
-                  'cells': grown.spec.layers, 'spec': grown.spec.to_dict()['cells']}
+                  'cells': grown.spec.layers, 'spec': grown.spec.to_dict()['cells'],
+                  'growth_s': round(time.time() - t_start, 2)}  # surgery, compiles and the logit check
         if kind == 'prune':
             fields.update(loss_before=float(before['loss']), loss_after=float(after['loss']),
                           acc_before=float(before['acc']), acc_after=float(after['acc']))

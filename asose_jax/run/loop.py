@@ -213,6 +213,7 @@ def run_phase(ctx: RunContext, plan: PhasePlan, kind: PhaseKind, run: PhaseRun) 
     guard = NanGuard(ctx, plan.name)
     while run.epoch < plan.epochs:
         guard.remember(run.state)
+        t_epoch = time.time()
         train_m, ips, first_s, done = run_epoch(ctx, plan, run)
         if done < plan.n_batches:  # a stop signal: save the position inside the epoch and leave
             run.batch = done
@@ -222,6 +223,7 @@ def run_phase(ctx: RunContext, plan: PhasePlan, kind: PhaseKind, run: PhaseRun) 
         record = {'phase': plan.name, 'epoch': run.epoch, 'step': int(run.state.step), 'images_per_sec': ips,
                   'first_step_s': first_s, **kind.record_fields(run), **train_m,
                   **evaluate(run.steps, run.state, ctx.eval_split, ctx.config.data.eval_batch_size, ctx.progress)}
+        record['epoch_s'] = time.time() - t_epoch  # train and evaluate, compiles included (a resumed epoch: its rest)
         retry = guard.check(run.epoch, record, run.knobs)
         if retry is not None:
             run.state = parallel.maybe_replicate(ctx.config, kind.hparams(retry, run.knobs))

@@ -151,7 +151,8 @@ class SearchKind:
                 stop = True
             else:  # 'grow' / 'rollback': the Grower's (search only)
                 requests.append(action.kind)
-                applied, fields = self.grower is not None and epoch < self.epochs - 1, {'handled_by': 'growth'}
+                applied = self.grower is not None and epoch < self.epochs - 1 and self.grower.accepts(action.kind)
+                fields = {'handled_by': 'growth'}
             self.ctx.writer.event(stability.ACTION_EVENT, phase=self.phase, epoch=epoch, action=action.kind,
                                   condition=action.condition, reason=action.reason, applied=applied, **fields)
             print(f'[monitor] {action.kind} ({"applied" if applied else "not applied"}): {action.reason}', flush=True)
