@@ -176,10 +176,11 @@ def _summary(c: ml_collections.ConfigDict, mem: list, spec: NetworkSpec, state, 
 def run(c: ml_collections.ConfigDict, workdir: str, splits: dict | None = None) -> dict:
     """Warmup + search for every member at once; writes and returns the sweep summary. Growth changes
     shapes, which one vmapped program cannot: the sweep searches the fixed structure (growth off)."""
-    if c.growth.trigger != 'none':
-        print(f'sweep: growth.trigger={c.growth.trigger!r} ignored (sweeps search a fixed structure)', flush=True)
+    if c.growth.trigger != 'none' or c.monitor.on_plateau == 'grow':
+        print(f'sweep: growth ignored (growth.trigger={c.growth.trigger!r}, monitor.on_plateau='
+              f'{c.monitor.on_plateau!r}): sweeps search a fixed structure', flush=True)
         c = c.copy_and_resolve_references()
-        c.growth.trigger, c.growth.schedule = 'none', ''
+        c.growth.trigger, c.growth.schedule, c.monitor.on_plateau = 'none', '', 'none'
     config_lib.validate(c)
     mem, splits = members(c), splits or context.load_splits(c)
     os.makedirs(workdir, exist_ok=True)

@@ -134,3 +134,21 @@ def test_growth_payoff_bench_grows_widens_and_resumes_nb201(tmp_path):
     c = search_quality.load_config(config, ['growth.trigger=schedule', 'growth.schedule=0:width'])
     again = search_quality.search_seed(c, 0, str(tmp_path / 'growing_seed0'), reuse=True)
     assert again['nb201_arch'] == grown['nb201_arch']
+
+
+def test_copies_of_a_widened_channel_train_apart():
+    """The copies of one channel get unequal shares of its outgoing weights, so their gradients differ and
+    training can make them distinct: with equal shares the widened network would stay the narrow one."""
+    spec, v, opt = random_nb201(2)
+    grown = growth.grow('width', spec, v, opt, jax.random.key(0), txs=TXS, stage=1)
+    block = next(f'cell{i}' for i, (c, level) in enumerate(zip(spec.cells, spec.levels)) if c.reduction and level == 1)
+    copies = [j for j, c in enumerate(surgery.ChannelMap.widen(8, 12).idx) if c == 0]
+    x = jax.random.normal(jax.random.key(3), (4, SIZE, SIZE, 3))
+
+    def loss(weights):
+        return jnp.sum(eval_logits(grown.spec, {**grown.variables, 'params': {**grown.variables['params'],
+                                                                                 'weights': weights}}, x) ** 2)
+    g = np.asarray(jax.grad(loss)(grown.variables['params']['weights'])[block]['conv_a']['conv']['kernel'])
+    kernel = np.asarray(grown.variables['params']['weights'][block]['conv_a']['conv']['kernel'])
+    assert len(copies) == 2 and np.array_equal(kernel[..., copies[0]], kernel[..., copies[1]])  # replicated
+    assert not np.allclose(g[..., copies[0]], g[..., copies[1]], rtol=1e-3, atol=0), 'copies get equal gradients'

@@ -184,10 +184,30 @@ def rep(x, axis: int, idx):
     return np.take(np.asarray(x), idx, axis=axis)
 
 
+SHARE_SPREAD = 0.2  # copies of one channel take (1 -/+ SHARE_SPREAD) / count of its outgoing weights (2 copies)
+
+
+def shares(m: ChannelMap) -> np.ndarray:
+    """Each new channel's share of its old channel's outgoing weights: the shares of one channel's copies
+    sum to 1 (so a consumer's sum is unchanged) but differ, from (1 - SHARE_SPREAD) / count to
+    (1 + SHARE_SPREAD) / count, alternating in direction from channel to channel. Equal shares would keep
+    the copies identical through training (equal incoming weights, equal gradients): a widened network
+    that computes, and can only ever compute, what the narrow one did (Net2Net breaks the symmetry with
+    noise, which does not preserve the function exactly; unequal shares do)."""
+    rank = np.zeros(len(m.idx))
+    seen: dict = {}
+    for j, c in enumerate(m.idx):
+        rank[j] = seen.get(c, 0)
+        seen[c] = rank[j] + 1
+    k = m.count[m.idx].astype(np.float64)
+    centred = np.where(k > 1, (2 * rank - (k - 1)) / np.maximum(k - 1, 1), 0.0)
+    return (1 + SHARE_SPREAD * np.where(m.idx % 2, -centred, centred)) / k
+
+
 def rep_in(x, axis: int, m: ChannelMap):
-    """Replicate an input axis and divide by the copy count: the consumer's sum is unchanged."""
+    """Replicate an input axis, each copy scaled by its share (`shares`): the consumer's sum is unchanged."""
     x = np.asarray(x)
     shape = [1] * x.ndim
     shape[axis] = -1
-    return np.take(x / m.count.reshape(shape), m.idx, axis=axis)
+    return np.take(x, m.idx, axis=axis) * shares(m).reshape(shape).astype(x.dtype)
 
