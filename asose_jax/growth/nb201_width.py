@@ -3,8 +3,8 @@
 In a NAS-Bench-201 stage every tensor has the stage's C channels: the cells keep their input's width
 (skip and pooling are channelwise), and the ResNet block that opens the stage writes C. So one channel
 map per stage describes the whole widening: every conv of the stage replicates its output channels by
-the stage's map and divides its input channels by the copy count of the map it reads (the previous
-stage's for a block's conv_a and shortcut); BN leaves replicate; the stem belongs to stage 0 and the
+the stage's map and splits the weights of its input channels among their copies (`surgery.shares`) by
+the map it reads (the previous stage's for a block's conv_a and shortcut); BN leaves replicate; the stem belongs to stage 0 and the
 last BN and the classifier to the last stage.
 """
 from __future__ import annotations

@@ -16,8 +16,6 @@ from asose_jax.space.nb201_network import NB201Network
 from asose_jax.space.ops import batch_norm, conv, stem
 from asose_jax.space.spec import NetworkSpec
 
-CELL_TYPES = ('normal', 'reduce')  # of the DARTS space; NetworkSpec.cell_types gives any space's
-
 
 class SqueezeExcite(nn.Module):
     """x * 2*sigmoid(fc2(relu(fc1(mean(x))))): fc2 starts at zero, so the gate starts as the identity."""
