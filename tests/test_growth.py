@@ -141,10 +141,9 @@ def test_opt_state_carried_for_untouched_leaves(chain):
                 assert fresh > 0, r['kind']
 
 
-def test_widen_replicates_moments_like_weights(chain):
-    """With every momentum trace set equal to its weights, widening must keep them equal: the
-    moments are replicated (and divided) exactly like the weights."""
-    spec, v = chain[0]['spec'], chain[0]['v']
+def assert_moments_widen_like_weights(spec, v, stage: int) -> int:
+    """Sets every momentum trace equal to its weights, widens `stage` and asserts that the widened
+    moments still equal the widened weights; returns how many of the compared leaves changed shape."""
     weights = traverse_util.flatten_dict(v['params'])
 
     def as_params(path, leaf):
@@ -152,14 +151,21 @@ def test_widen_replicates_moments_like_weights(chain):
         return weights[suffix] if suffix and suffix[0] == 'weights' else leaf
 
     opt = tuple(jax.tree_util.tree_map_with_path(as_params, tx.init(v['params'])) for tx in TXS)
-    grown = growth.grow('width', spec, v, opt, jax.random.key(0), txs=TXS, stage=1)
+    grown = growth.grow('width', spec, v, opt, jax.random.key(0), txs=TXS, stage=stage)
     new_w = traverse_util.flatten_dict(grown.variables['params'])
-    checked = 0
+    widened = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(grown.opt_states[0])[0]:
         suffix = surgery.param_suffix(path)
         if suffix and suffix[0] == 'weights':
             np.testing.assert_array_equal(np.asarray(leaf), np.asarray(new_w[suffix]), err_msg=str(suffix))
-            checked += int(np.shape(leaf) != np.shape(weights[suffix]))
+            widened += int(np.shape(leaf) != np.shape(weights[suffix]))
+    return widened
+
+
+def test_widen_replicates_moments_like_weights(chain):
+    """With every momentum trace set equal to its weights, widening must keep them equal: the
+    moments are replicated (and split) exactly like the weights."""
+    checked = assert_moments_widen_like_weights(chain[0]['spec'], chain[0]['v'], stage=1)
     assert checked > 10, checked  # widened leaves were among those compared
 
 

@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import traverse_util
 
 from asose_jax.growth import operations as growth
 from asose_jax.growth import policy, surgery
 from asose_jax.space.network import init_search_variables, search_network
 from asose_jax.space.spec import NetworkSpec
 from parity import compare
-from test_growth import TOL, TXS, _randomise
+from test_growth import TOL, TXS, _randomise, assert_moments_widen_like_weights
 
 SIZE = 8
 # (kind, options): stage 1, then stage 0 (stem), then the automatic choice, then stage 2 (classifier)
@@ -71,22 +70,7 @@ def test_every_stage_widens_function_preserving(chain):
 
 def test_moments_replicated_like_weights(chain):
     """With every momentum trace equal to its weights, the widened moments equal the widened weights."""
-    spec, v = chain[0]['spec'], chain[0]['v']
-    weights = traverse_util.flatten_dict(v['params'])
-
-    def as_params(path, leaf):
-        suffix = surgery.param_suffix(path)
-        return weights[suffix] if suffix and suffix[0] == 'weights' else leaf
-
-    opt = tuple(jax.tree_util.tree_map_with_path(as_params, tx.init(v['params'])) for tx in TXS)
-    grown = growth.grow('width', spec, v, opt, jax.random.key(0), txs=TXS, stage=1)
-    new_w = traverse_util.flatten_dict(grown.variables['params'])
-    widened = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(grown.opt_states[0])[0]:
-        suffix = surgery.param_suffix(path)
-        if suffix and suffix[0] == 'weights':
-            np.testing.assert_array_equal(np.asarray(leaf), np.asarray(new_w[suffix]), err_msg=str(suffix))
-            widened += int(np.shape(leaf) != np.shape(weights[suffix]))
+    widened = assert_moments_widen_like_weights(chain[0]['spec'], chain[0]['v'], stage=1)
     assert widened > 10, widened
 
 
